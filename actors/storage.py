@@ -1,0 +1,114 @@
+"""Files that live elsewhere: `s3://` with timeouts and retries, and archives extracted safely.
+
+S3 is reached through s3fs with the standard AWS variables (keys, `AWS_REGION`, `AWS_ENDPOINT_URL`
+or `AWS_ENDPOINT_URL_S3` for a non-AWS server), so a local test server and a real bucket take the
+same code path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive entry would land outside the folder it is extracted into."""
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def is_archive(path: str) -> bool:
+    return path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def s3_endpoint(explicit: str | None = None) -> str | None:
+    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_filesystem(endpoint_url: str | None = None):
+    """An s3fs filesystem with bounded timeouts and botocore's standard retries (throttling, dropped connections)."""
+    import s3fs
+
+    endpoint = s3_endpoint(endpoint_url)
+    return s3fs.S3FileSystem(
+        client_kwargs={"endpoint_url": endpoint} if endpoint else {},
+        config_kwargs={
+            "connect_timeout": 10,
+            "read_timeout": 60,
+            "retries": {"max_attempts": 5, "mode": "standard"},
+        },
+        # Other processes write the shared cache and outputs: always ask S3, never a stale listing.
+        use_listings_cache=False,
+    )
+
+
+def download_prefix(uri: str, dest: Path) -> None:
+    """Copy every object under an `s3://` prefix (or one object) into `dest`, keeping relative paths."""
+    fs = s3_filesystem()
+    root = uri[len("s3://") :].rstrip("/")
+    if fs.isfile(root):
+        dest.mkdir(parents=True, exist_ok=True)
+        fs.get_file(root, str(dest / PurePosixPath(root).name))
+        return
+    keys = [k for k in fs.find(root) if not k.endswith("/")]
+    if not keys:
+        raise FileNotFoundError(f"nothing found under {uri}")
+    for key in keys:
+        target = inside(dest, key[len(root) + 1 :])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(target))
+
+
+def upload_folder(folder: Path, uri: str) -> None:
+    fs = s3_filesystem()
+    root = uri[len("s3://") :].rstrip("/")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        fs.put_file(str(path), f"{root}/{path.relative_to(folder).as_posix()}")
+
+
+def exists(uri: str) -> bool:
+    return s3_filesystem().exists(uri[len("s3://") :])
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    s3_filesystem().pipe_file(uri[len("s3://") :], data)
+
+
+def inside(folder: Path, name: str) -> Path:
+    """`folder / name`, refusing names that would leave the folder (zip slip, absolute paths)."""
+    root = folder.resolve()
+    target = (root / name).resolve()
+    if target != root and root not in target.parents:
+        raise UnsafeArchiveError(f"entry {name!r} would be written outside {folder}")
+    return target
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Extract a .zip or .tar(.gz), refusing any entry whose path or link target leaves `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                inside(dest, info.filename)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise UnsafeArchiveError(f"entry {info.filename!r} is a symbolic link; links are not extracted")
+            zf.extractall(dest)
+        return
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for m in members:
+            inside(dest, m.name)
+            if m.issym() or m.islnk():
+                raise UnsafeArchiveError(f"entry {m.name!r} is a link; links are not extracted")
+            if not (m.isfile() or m.isdir()):
+                raise UnsafeArchiveError(f"entry {m.name!r} is not a regular file or folder")
+        # The checks above already refuse what the 'data' filter would; the filter also drops
+        # set-uid bits and odd permissions.
+        tf.extractall(dest, members=members, filter="data")

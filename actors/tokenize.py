@@ -1,0 +1,143 @@
+"""Text to token ids with `tokenizers` (Rust, batch encode), and the row checks that go with it.
+
+Token ids travel as one flat array plus offsets, the layout of an Arrow list column: a pipeline
+stage hands them to the next one without a copy or a Python list per row.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tokenizers import Tokenizer as HFTokenizer
+
+from actors.catalog import Kind, ModelSpec
+
+# Texts longer than this are refused, not truncated: tokenising megabytes to keep 256 tokens wastes
+# CPU that the device is waiting on. Over-long ordinary text is truncated to the model's max tokens.
+MAX_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A row that could not be embedded: its position in the caller's input, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Token ids of n rows: row i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray  # int32, flat
+    offsets: np.ndarray  # int64, n + 1
+    truncated: np.ndarray  # bool, n: the row was cut to the model's max tokens
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) for these rows, padded to the longest of them (int64, right-padded)."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        positions = np.arange(width)
+        mask = positions[None, :] < lengths[:, None]
+        gather = np.where(mask, self.offsets[rows][:, None] + positions[None, :], 0)
+        ids = np.where(mask, self.ids[gather], 0).astype(np.int64)
+        return ids, mask.astype(np.int64)
+
+    def to_arrow(self) -> pa.ListArray:
+        return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)), pa.array(self.ids))
+
+    @classmethod
+    def from_arrow(cls, column: pa.Array | pa.ChunkedArray, truncated: np.ndarray | None = None) -> Tokens:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        ids = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]].astype(np.int32, copy=False)
+        offsets = offsets - offsets[0]
+        if truncated is None:
+            truncated = np.zeros(len(offsets) - 1, dtype=bool)
+        return cls(ids=ids, offsets=offsets, truncated=truncated)
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """The result of tokenising a list of inputs: tokens for the good rows, reasons for the rest."""
+
+    tokens: Tokens
+    rows: np.ndarray  # int64: the input index of each tokenised row
+    errors: list[RowError]
+
+
+class Tokenizer:
+    """The model's tokenizer with its truncation and prefixes, and no padding (batches pad themselves)."""
+
+    def __init__(self, spec: ModelSpec, tokenizer_file: Path) -> None:
+        self.spec = spec
+        self._tok = HFTokenizer.from_file(str(tokenizer_file))
+        # tokenizer.json files often carry another length (all-MiniLM-L6-v2's says 128, its model 256).
+        self._tok.enable_truncation(max_length=spec.max_tokens)
+        self._tok.no_padding()
+
+    def encode(self, texts: list, kind: Kind = "passage") -> Tokenized:
+        prefix = self.spec.prefix(kind)
+        good: list[str] = []
+        rows: list[int] = []
+        errors: list[RowError] = []
+        for i, text in enumerate(texts):
+            text, reason = check_text(text)
+            if reason:
+                errors.append(RowError(i, reason))
+            else:
+                rows.append(i)
+                good.append(prefix + text if prefix else text)
+        try:
+            encodings = self._tok.encode_batch(good, add_special_tokens=True)
+        except (TypeError, ValueError, UnicodeError):
+            # Rare (lone surrogates from a lossy decode): find the bad rows, then encode the rest.
+            keep = [j for j, text in enumerate(good) if _encodable(text, rows[j], errors)]
+            good, rows = [good[j] for j in keep], [rows[j] for j in keep]
+            errors.sort(key=lambda e: e.index)
+            encodings = self._tok.encode_batch(good, add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(offsets[-1]))
+        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
+        return Tokenized(Tokens(ids, offsets, truncated), np.asarray(rows, dtype=np.int64), errors)
+
+
+def check_text(value: object) -> tuple[str, str]:
+    """(text, "") for a usable row, ("", reason) for one that must go to the errors output."""
+    if value is None:
+        return "", "null: no text"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return "", f"undecodable: not UTF-8 ({e.reason} at byte {e.start})"
+    if not isinstance(value, str):
+        return "", f"not text: got {type(value).__name__}"
+    if len(value) > MAX_CHARS:
+        return "", f"too long: {len(value):,} characters (limit {MAX_CHARS:,}); split it into passages"
+    if not value.strip():
+        return "", "empty: no text to embed"
+    return value, ""
+
+
+def _encodable(text: str, index: int, errors: list[RowError]) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        errors.append(RowError(index, f"undecodable: invalid Unicode ({e.reason} at character {e.start})"))
+        return False
+    return True

@@ -1,0 +1,3 @@
+from rayembed.cli import main
+
+raise SystemExit(main())

