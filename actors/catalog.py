@@ -7,6 +7,7 @@ Marqo's generic models, and point at a local folder, an archive or an `s3://` pr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -132,6 +133,16 @@ class Catalog:
 
     def _by_key(self) -> dict[str, ModelSpec]:
         return {key.lower(): spec for spec in self.models.values() for key in (spec.name, *spec.aliases)}
+
+
+def model_from_arg(value: str) -> str | dict[str, Any]:
+    """A command-line `--model`: a catalogue name, custom properties as JSON, or a .json file holding them."""
+    if value.lstrip().startswith("{"):
+        return json.loads(value)
+    if value.endswith(".json"):
+        with open(value) as fh:
+            return json.load(fh)
+    return value
 
 
 CATALOG = Catalog()

@@ -54,6 +54,14 @@ class Tokens:
         ids = np.where(mask, self.ids[gather], 0).astype(np.int64)
         return ids, mask.astype(np.int64)
 
+    def take(self, rows: np.ndarray) -> Tokens:
+        """These rows only, in this order (one gather, no loop per row)."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.repeat(self.offsets[rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return Tokens(self.ids[positions], offsets, self.truncated[rows])
+
     def to_arrow(self) -> pa.ListArray:
         return pa.ListArray.from_arrays(pa.array(self.offsets.astype(np.int32)), pa.array(self.ids))
 

@@ -7,8 +7,9 @@ import json
 import logging
 import sys
 
-from actors.catalog import CATALOG, DEFAULT_MODEL
+from actors.catalog import CATALOG, DEFAULT_MODEL, model_from_arg
 from actors.export import PRECISIONS
+from jobs.embed_corpus import add_arguments as add_job_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--dimensions", type=int, help="keep the first N dimensions and re-normalise (Matryoshka-style)")
     encode.set_defaults(run=_encode)
 
+    embed = commands.add_parser(
+        "embed",
+        help="embed a corpus with Ray (the offline job) and write Parquet",
+        description="Embed a corpus with Ray Data on device actors: read (local or s3://), tokenise on CPU, "
+        "embed, and write ids + vectors as Parquet to OUTPUT (bad rows to OUTPUT/_errors/, _manifest.json last). "
+        "Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.",
+    )
+    add_job_arguments(embed)
+    embed.set_defaults(run=_embed)
+
     models = commands.add_parser("models", help="list the model catalogue", description="List the built-in models and their properties.")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models)
@@ -70,27 +81,24 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
 
-def model_arg(value: str) -> str | dict:
-    """A catalogue name, custom model properties as JSON, or a .json file holding them."""
-    if value.lstrip().startswith("{"):
-        return json.loads(value)
-    if value.endswith(".json"):
-        with open(value) as fh:
-            return json.load(fh)
-    return value
-
-
 def _encode(args: argparse.Namespace) -> int:
     from actors.embedder import Embedder
 
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
-    embedder = Embedder(model_arg(args.model), precision=args.precision, device=args.device)
+    embedder = Embedder(model_from_arg(args.model), precision=args.precision, device=args.device)
     result = embedder.embed_rows(texts, kind=args.kind, dimensions=args.dimensions)
     for index, vector in zip(result.rows.tolist(), result.vectors):
         print(json.dumps({"index": index, "text": texts[index], "embedding": [round(float(x), 7) for x in vector]}))
     for error in result.errors:
         print(f"rayembed: row {error.index} not embedded: {error.reason}", file=sys.stderr)
     return 1 if result.errors else 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from jobs.embed_corpus import config_from_args, run
+
+    run(config_from_args(args))
+    return 0
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -109,7 +117,7 @@ def _models(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from actors.export import model_folder
 
-    spec = CATALOG.resolve(model_arg(args.model))
+    spec = CATALOG.resolve(model_from_arg(args.model))
     for precision in args.precision:
         print(f"{precision}\t{model_folder(spec, precision)}")
     return 0

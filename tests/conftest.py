@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Ray reads these when it starts: no token auth prompt, no usage stats, in tests and CI.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 # The data sits in shared/ beside the checkout; RAYEMBED_STSB points elsewhere for other layouts.
 STSB = Path(os.environ.get("RAYEMBED_STSB", Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark"))
 
@@ -95,3 +99,20 @@ def bucket(s3_server, request) -> str:
     name = "t-" + request.node.name.lower().replace("_", "-")[:50].strip("-")
     s3_filesystem().mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server, model_cache):
+    """One real local Ray for the whole session, with 2 fake GPUs to check device pinning.
+
+    More CPUs are declared than the machine has (actors and tasks mostly wait here), and the
+    dashboard is on so that `ray job submit` can be tested against it. Started after the S3 server
+    so that workers inherit its variables.
+    """
+    import ray
+
+    port = _free_port()
+    ray.init(num_cpus=6, num_gpus=2, object_store_memory=512 * 1024**2, include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port)
+    yield f"http://127.0.0.1:{port}"
+    ray.shutdown()

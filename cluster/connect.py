@@ -1,0 +1,46 @@
+"""Find or start the Ray cluster a command runs on.
+
+With no address (and no `RAY_ADDRESS`) rayembed starts an embedded local Ray in this process: no
+setup at all. With one, it joins that cluster. Variables that workers need (S3 endpoint and keys,
+the cache location) are read when Ray starts, so they are passed on explicitly to an existing
+cluster's workers; credentials are passed, never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("rayembed")
+
+# What workers must see as the driver does. Keys travel in the runtime env, and are never logged.
+WORKER_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_EC2_METADATA_DISABLED",
+    "RAYEMBED_CACHE",
+    "RAYEMBED_CACHE_URI",
+)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+    """Join the cluster at `address` / `RAY_ADDRESS`, or start an embedded one. Returns a description."""
+    import ray
+
+    if ray.is_initialized():
+        return "the Ray already connected in this process"
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    env_vars = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, log_to_driver=True)
+        log.info("joined the Ray cluster at %s", address)
+        return f"the Ray cluster at {address}"
+    # Embedded default: workers are forked from this environment, so they already see env_vars.
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+    resources = ray.cluster_resources()
+    return f"an embedded local Ray ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs)"

@@ -1,0 +1,71 @@
+"""From "what devices does the cluster have" to actor pool sizes and per-actor resources."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# CPU each tokenise/read/write task asks for. Small, because they are short and mostly wait on I/O or
+# run in Rust; on a CPU-only node the embedding actors leave this much room for them.
+CPU_STAGE_CPUS = 0.25
+CPU_ACTOR_MAX_CPUS = 8
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many device actors, and what each holds."""
+
+    min_actors: int
+    max_actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+
+    @property
+    def threads_per_actor(self) -> int:
+        """ONNX Runtime threads: the actor's CPUs, rounded up (an actor holding 1.5 CPUs runs 2 threads)."""
+        return max(1, math.ceil(self.cpus_per_actor))
+
+
+def plan_pool(
+    cluster: dict[str, float],
+    node_cpus: list[float],
+    min_actors: int | None = None,
+    max_actors: int | None = None,
+    gpus_per_actor: float | None = None,
+    cpus_per_actor: float | None = None,
+) -> PoolPlan:
+    """Pool sizes from the cluster's resources and the user's flags (None: choose).
+
+    GPUs present: one actor per `gpus_per_actor` share of them (default a whole GPU each), 1 CPU each.
+    CPU only: actors as wide as a node (at most 8 CPUs each), minus room for the CPU stages.
+    """
+    gpus = cluster.get("GPU", 0.0)
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus else 0.0
+    if gpus_per_actor < 0 or (gpus_per_actor > 1 and not float(gpus_per_actor).is_integer()):
+        raise ValueError(f"--gpus-per-actor must be a fraction of one GPU or a whole number, got {gpus_per_actor}")
+    if gpus_per_actor > gpus:
+        raise ValueError(f"--gpus-per-actor {gpus_per_actor:g} but the cluster has {gpus:g} GPUs")
+    if cpus_per_actor is None:
+        if gpus_per_actor:
+            cpus_per_actor = 1.0
+        else:
+            smallest = min(node_cpus) if node_cpus else cluster.get("CPU", 1.0)
+            cpus_per_actor = min(CPU_ACTOR_MAX_CPUS, max(1.0, smallest - 2 * CPU_STAGE_CPUS))
+    if gpus_per_actor:
+        fit = int(gpus // gpus_per_actor)
+    else:
+        fit = max(1, int(cluster.get("CPU", 1.0) // cpus_per_actor))
+    max_actors = max_actors or fit
+    min_actors = min_actors or 1
+    if min_actors > max_actors:
+        raise ValueError(f"--min-actors {min_actors} is more than --max-actors {max_actors}")
+    return PoolPlan(min_actors, max_actors, float(gpus_per_actor), float(cpus_per_actor))
+
+
+def current_plan(**flags) -> PoolPlan:
+    """The plan for the connected Ray cluster."""
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0.0) > 0]
+    return plan_pool(ray.cluster_resources(), nodes, **flags)

@@ -1,0 +1,1 @@
+"""Ray Data pipelines for corpus-scale offline embedding."""

@@ -1,0 +1,187 @@
+"""Embed a corpus with Ray Data: read + tokenise (CPU tasks) -> embed (device actors) -> write Parquet.
+
+    python -m jobs.embed_corpus INPUT OUTPUT [--model NAME] ...     (also: rayembed embed ...)
+
+Run it on the embedded local Ray (the default), on a cluster (`--address` / `RAY_ADDRESS`), or submit
+it as a Ray job: `ray job submit --working-dir . -- python -m jobs.embed_corpus s3://... s3://...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+
+from actors.catalog import CATALOG, DEFAULT_MODEL, model_from_arg
+from actors.export import EXPORT_VERSION, PRECISIONS, model_folder
+from cluster.resources import CPU_STAGE_CPUS, PoolPlan
+from jobs.config import ROWS_PER_PART, JobConfig
+from jobs.sinks import OutputFolder
+from jobs.sources import columns_of, list_inputs
+from jobs.stages import missing_columns, read_and_tokenize, write_parts
+
+log = logging.getLogger("rayembed")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="INPUT", help="a corpus file, folder or glob: Parquet, JSONL or CSV (optionally .gz), local or s3://")
+    parser.add_argument("output", metavar="OUTPUT", help="folder for the Parquet output, local or s3://")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name or alias (default {DEFAULT_MODEL}), or custom model properties as JSON or a .json file",
+    )
+    parser.add_argument("--id-column", default="id", help="the column with row ids (default id)")
+    parser.add_argument("--text-column", default="text", help="the column with the text to embed (default text)")
+    parser.add_argument("--keep", nargs="+", default=[], metavar="COL", help="columns to copy through to the output")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: fp16 on GPUs, fp32 on CPU")
+    parser.add_argument("--kind", choices=["passage", "query"], default="passage", help="which prefix the model adds (e5-style models)")
+    parser.add_argument("--min-actors", type=int, help="fewest device actors (default 1)")
+    parser.add_argument("--max-actors", type=int, help="most device actors (default: one per GPU, or per node's CPUs)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor, e.g. 1 or 0.5 (default 1 if the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor; also its ONNX Runtime threads (default 1 with GPUs, else a node's CPUs)")
+    parser.add_argument("--batch-tokens", type=int, help="tokens per device batch (default 2048 on CPU, 65536 on GPU)")
+    parser.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help=f"rows per device actor call, and at most per output file (default {ROWS_PER_PART})")
+    parser.add_argument("--resume", action="store_true", help="skip input files whose output is already complete")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint URL for a non-AWS server (else AWS_ENDPOINT_URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.embed_corpus",
+        description="Embed a corpus with Ray Data and write ids + vectors as Parquet (errors to OUTPUT/_errors/).",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    return JobConfig(
+        input=args.input,
+        output=args.output,
+        model=CATALOG.resolve(model_from_arg(args.model)),
+        id_column=args.id_column,
+        text_column=args.text_column,
+        keep=tuple(args.keep),
+        precision=args.precision,
+        kind=args.kind,
+        min_actors=args.min_actors,
+        max_actors=args.max_actors,
+        gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor,
+        batch_tokens=args.batch_tokens,
+        resume=args.resume,
+        address=args.address,
+        s3_endpoint=args.s3_endpoint,
+        rows_per_part=args.rows_per_part,
+    )
+
+
+def run(config: JobConfig) -> dict:
+    """Run the job to the end and return its manifest."""
+    import ray
+
+    from actors.device_actor import StatsCollector
+    from cluster.connect import connect
+    from cluster.resources import current_plan
+
+    started = time.perf_counter()
+    if config.s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint  # before Ray starts: workers inherit it
+    files = list_inputs(config.input)
+    missing = missing_columns(columns_of(files[0].path), config)
+    if missing:
+        raise ValueError(f"{files[0].path} has no column {missing}; its columns are {columns_of(files[0].path)}")
+    output = OutputFolder(config.output)
+    output.remove_manifest()
+    todo = [f for f in files if f.key not in output.complete_keys()] if config.resume else files
+    output.remove({f.key for f in todo})
+
+    where = connect(config.address)
+    plan = current_plan(min_actors=config.min_actors, max_actors=config.max_actors,
+                        gpus_per_actor=config.gpus_per_actor, cpus_per_actor=config.cpus_per_actor)
+    precision = config.precision if config.precision != "auto" else ("fp16" if plan.gpus_per_actor else "fp32")
+    model_folder(config.model, precision)  # export once here, before tasks and actors need it
+    print(f"rayembed: {len(files)} input files ({len(files) - len(todo)} already done) on {where}; "
+          f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), "
+          f"{config.model.name} {precision}", file=sys.stderr)
+
+    stats_name = f"rayembed-stats-{uuid.uuid4().hex[:8]}"
+    collector = ray.remote(num_cpus=0)(StatsCollector).options(name=stats_name).remote()
+    written = _pipeline(config, todo, plan, precision, stats_name) if todo else []
+    actors = ray.get(collector.collect.remote(), timeout=60)
+    ray.kill(collector)
+
+    seconds = time.perf_counter() - started
+    embedded, errors = output.count_rows()
+    tokens = sum(a["tokens"] for a in actors.values())
+    this_run = sum(w["embedded"] + w["errors"] for w in written)
+    manifest = {
+        "input": config.input,
+        "output": config.output,
+        "files": len(files),
+        "files_skipped": len(files) - len(todo),
+        "model": _model_metadata(config, precision),
+        "counts": {"rows_in": embedded + errors, "embedded": embedded, "errors": errors,
+                   "truncated": sum(w["truncated"] for w in written)},
+        "this_run": {"rows": this_run, "seconds": round(seconds, 2), "rows_per_s": round(this_run / seconds, 1),
+                     "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)},
+        "pool": {"min_actors": plan.min_actors, "max_actors": plan.max_actors,
+                 "gpus_per_actor": plan.gpus_per_actor, "cpus_per_actor": plan.cpus_per_actor},
+        "actors": list(actors.values()),
+    }
+    output.write_manifest(manifest)
+    print(f"rayembed: {embedded + errors} rows, {embedded} embedded, {errors} errors; this run {this_run} rows in "
+          f"{seconds:.1f} s: {manifest['this_run']['rows_per_s']} rows/s, {manifest['this_run']['tokens_per_s']:.0f} tokens/s "
+          f"-> {config.output}", file=sys.stderr)
+    return manifest
+
+
+def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, precision: str, stats_name: str) -> list[dict]:
+    import ray
+
+    from actors.device_actor import EmbedActor
+
+    metadata = {b"rayembed": json.dumps(_model_metadata(config, precision)).encode()}
+    ds = ray.data.from_items([{"path": f.path, "key": f.key} for f in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(read_and_tokenize, batch_size=1, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
+                        fn_kwargs={"config": config, "precision": precision})
+    ds = ds.map_batches(
+        EmbedActor,
+        batch_size=config.rows_per_part,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor,
+        fn_constructor_kwargs={"spec": config.model, "precision": precision, "threads": plan.threads_per_actor,
+                               "batch_tokens": config.batch_tokens, "stats_actor": stats_name},
+    )
+    ds = ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
+                        fn_kwargs={"output": config.output, "metadata": metadata})
+    return ds.take_all()
+
+
+def _model_metadata(config: JobConfig, precision: str) -> dict:
+    spec = config.model
+    return {"name": spec.name, "dimensions": spec.dimensions, "precision": precision, "normalize": spec.normalize,
+            "pooling": spec.pooling, "max_tokens": spec.max_tokens, "kind": config.kind, "export_version": EXPORT_VERSION}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(config_from_args(args))
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"rayembed: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

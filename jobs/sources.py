@@ -1,0 +1,159 @@
+"""Corpus files: finding them (a file, a folder or a glob; local or `s3://`) and reading one into Arrow.
+
+Formats by suffix: Parquet, JSON lines (.jsonl/.json/.ndjson) and CSV, each optionally .gz. Readers
+are pyarrow's; a JSON-lines file that pyarrow refuses (a line of bad JSON, invalid UTF-8) is read
+again line by line so that only the bad lines become errors and the rest of the file is embedded.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import gzip
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from actors import storage
+
+FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+# Columns the reader adds for rows it could not parse; dropped before output.
+LINE_ERROR = "__line_error"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # local path or s3:// URI
+    key: str  # a stable, unique name for this file's outputs
+
+    @property
+    def format(self) -> str:
+        return file_format(self.path)
+
+
+def file_format(path: str) -> str:
+    name = path.lower().removesuffix(".gz")
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    raise ValueError(f"{path}: unknown format; inputs are {', '.join(sorted(FORMATS))} files (optionally .gz)")
+
+
+def list_inputs(source: str) -> list[InputFile]:
+    """The corpus files named by a file, a folder (searched recursively) or a glob."""
+    if storage.is_s3(source):
+        fs = storage.s3_filesystem()
+        bare = source[len("s3://") :].rstrip("/")
+        if globlib.has_magic(bare):
+            found = fs.glob(bare)
+        elif fs.isdir(bare):
+            found = fs.find(bare)
+        else:
+            found = [bare] if fs.exists(bare) else []
+        paths = [f"s3://{p}" for p in found]
+        root = bare if not globlib.has_magic(bare) else bare.split("*")[0]
+    else:
+        if globlib.has_magic(source):
+            paths = globlib.glob(source, recursive=True)
+            root = source.split("*")[0]
+        elif Path(source).is_dir():
+            paths = [str(p) for p in Path(source).rglob("*") if p.is_file()]
+            root = source
+        else:
+            paths = [source] if Path(source).is_file() else []
+            root = str(Path(source).parent)
+    files = sorted(p for p in paths if _is_corpus_file(p))
+    if not files:
+        raise FileNotFoundError(f"no corpus files at {source} (looked for {', '.join(sorted(FORMATS))}, optionally .gz)")
+    return [InputFile(p, file_key(p, root)) for p in files]
+
+
+def _is_corpus_file(path: str) -> bool:
+    name = PurePosixPath(path).name
+    if name.startswith(("_", ".")):
+        return False
+    try:
+        file_format(path)
+    except ValueError:
+        return False
+    return True
+
+
+def file_key(path: str, root: str) -> str:
+    """`dir--name.jsonl-1a2b3c4d`: readable, and unique even if two names sanitise alike."""
+    relative = path[len(root) :].lstrip("/") if path.startswith(root) else PurePosixPath(path).name
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "--", relative).strip("-")[-80:]
+    return f"{readable}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def open_binary(path: str):
+    if storage.is_s3(path):
+        return storage.s3_filesystem().open(path[len("s3://") :], "rb")
+    return open(path, "rb")
+
+
+def read_table(path: str, text_column: str) -> pa.Table:
+    """The whole file as an Arrow table. The text column is read as bytes where the format allows, so
+    that invalid UTF-8 fails one row (in tokenisation) instead of the file."""
+    fmt = file_format(path)
+    with open_binary(path) as raw:
+        data = raw.read()
+    if path.lower().endswith(".gz"):
+        data = gzip.decompress(data)
+    if fmt == "parquet":
+        return pq.read_table(io.BytesIO(data))
+    if fmt == "csv":
+        return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types={text_column: pa.binary()}))
+    try:
+        return pajson.read_json(io.BytesIO(data))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _read_json_lines_one_by_one(data, text_column)
+
+
+def _read_json_lines_one_by_one(data: bytes, text_column: str) -> pa.Table:
+    """The slow path for a JSON-lines file with bad lines: good lines as rows, bad ones flagged."""
+    rows = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            rows.append({LINE_ERROR: f"line {number}: undecodable (not UTF-8)"})
+            continue
+        except ValueError as e:
+            rows.append({LINE_ERROR: f"line {number}: invalid JSON ({e})"})
+            continue
+        if not isinstance(row, dict):
+            rows.append({LINE_ERROR: f"line {number}: a JSON {type(row).__name__}, not an object"})
+            continue
+        text = row.get(text_column)
+        if text is not None and not isinstance(text, str):
+            row[text_column] = None
+            row[LINE_ERROR] = f"not text: got {type(text).__name__}"
+        rows.append(row)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return pa.table({k: _array([row.get(k) for row in rows]) for k in keys})
+
+
+def _array(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # A column that mixes types (ids as numbers and strings): keep its values as JSON text.
+        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
+
+
+def columns_of(path: str) -> list[str]:
+    """Column names of a corpus file, cheaply where the format allows (Parquet: the footer only)."""
+    if file_format(path) == "parquet" and not path.endswith(".gz"):
+        with open_binary(path) as fh:
+            return pq.ParquetFile(fh).schema_arrow.names
+    return read_table(path, "").column_names
