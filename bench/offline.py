@@ -1,6 +1,6 @@
 """The offline job against embedding the same corpus in one plain process.
 
-    python bench/offline.py [--texts 6000] [--out bench/results/offline.json]
+    python bench/offline.py [--texts 12000] [--out bench/results/offline.json]
 
 Each contender is a whole fresh process, timed from start to the Parquet file on disk, so Ray's
 start and the model load count (the way a user meets them):
@@ -59,7 +59,7 @@ def timed(command: list[str], env: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", type=int, default=6000)
+    parser.add_argument("--texts", type=int, default=12000)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "offline.json"))
     parser.add_argument("--run", choices=["st", "engine"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)

@@ -1,9 +1,10 @@
 """Find or start the Ray cluster a command runs on.
 
 With no address (and no `RAY_ADDRESS`) rayembed starts an embedded local Ray in this process: no
-setup at all. With one, it joins that cluster. Variables that workers need (S3 endpoint and keys,
-the cache location) are read when Ray starts, so they are passed on explicitly to an existing
-cluster's workers; credentials are passed, never logged.
+setup at all; its workers inherit this environment. With one, it joins that cluster and passes on
+the settings workers need (S3 endpoint and region, the cache location). Credentials are not passed:
+a runtime env is shown by the dashboard and job APIs, so keys must come from the cluster's own
+environment (a Kubernetes Secret, an instance role, or the shell that ran `ray start`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import os
 
 log = logging.getLogger("rayembed")
 
-# What workers must see as the driver does. Keys travel in the runtime env, and are never logged.
+# What an existing cluster's workers must see as the driver does (no secrets: see above).
 WORKER_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
