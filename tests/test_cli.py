@@ -34,7 +34,12 @@ def test_unknown_model_is_a_clear_error():
     assert "unknown model 'no-such-model'; known models:" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["encode"], ["models"], ["export"]])
+@pytest.mark.parametrize("command", [[], ["encode"], ["embed"], ["models"], ["export"]])
 def test_every_command_has_help(command):
     done = rayembed(*command, "--help")
     assert done.returncode == 0 and "usage: rayembed" in done.stdout
+
+
+def test_the_job_module_has_help():
+    done = subprocess.run([sys.executable, "-m", "jobs.embed_corpus", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--gpus-per-actor" in done.stdout and "--resume" in done.stdout
