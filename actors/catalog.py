@@ -108,9 +108,6 @@ class Catalog:
         self.models[spec.name] = spec
         return spec
 
-    def add_custom_model(self, props: dict[str, Any]) -> ModelSpec:
-        return self.add(ModelSpec.from_properties(props))
-
     def resolve(self, model: str | ModelSpec | dict[str, Any]) -> ModelSpec:
         """A spec from a name, an alias, a spec, or custom properties."""
         if isinstance(model, ModelSpec):

@@ -114,9 +114,3 @@ class OutputFolder:
     def write_manifest(self, manifest: dict) -> None:
         with self.fs.open(self._path(MANIFEST), "w") as fh:
             json.dump(manifest, fh, indent=2)
-
-    def read_manifest(self) -> dict | None:
-        if not self.fs.exists(self._path(MANIFEST)):
-            return None
-        with self.fs.open(self._path(MANIFEST), "r") as fh:
-            return json.load(fh)

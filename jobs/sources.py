@@ -33,10 +33,6 @@ class InputFile:
     path: str  # local path or s3:// URI
     key: str  # a stable, unique name for this file's outputs
 
-    @property
-    def format(self) -> str:
-        return file_format(self.path)
-
 
 def file_format(path: str) -> str:
     name = path.lower().removesuffix(".gz")
