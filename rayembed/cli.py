@@ -6,10 +6,13 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from actors.catalog import CATALOG, DEFAULT_MODEL, model_from_arg
 from actors.export import PRECISIONS
 from jobs.embed_corpus import add_arguments as add_job_arguments
+
+SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_apps" / "config.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_job_arguments(embed)
     embed.set_defaults(run=_embed)
+
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible embeddings API with Ray Serve",
+        description="Run the online app from a Ray Serve config file (the same file KubeRay's RayService uses) "
+        "with `serve run`, on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.",
+    )
+    serve_cmd.add_argument("--config", default=str(SERVE_CONFIG), help="Serve config file (default serve_apps/config.yaml)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve_cmd.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    serve_cmd.set_defaults(run=_serve)
 
     models = commands.add_parser("models", help="list the model catalogue", description="List the built-in models and their properties.")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -98,6 +113,25 @@ def _embed(args: argparse.Namespace) -> int:
     from jobs.embed_corpus import config_from_args, run
 
     run(config_from_args(args))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import tempfile
+
+    import yaml
+
+    with open(args.config) as fh:
+        config = yaml.safe_load(fh)
+    config["http_options"] = {**config.get("http_options", {}), "host": args.host, "port": args.port}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(config, fh)
+    command = [shutil.which("serve") or "serve", "run", fh.name]
+    if args.address:
+        command += ["--address", args.address]
+    os.execvp(command[0], command)
     return 0
 
 

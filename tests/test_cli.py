@@ -34,7 +34,7 @@ def test_unknown_model_is_a_clear_error():
     assert "unknown model 'no-such-model'; known models:" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["encode"], ["embed"], ["models"], ["export"]])
+@pytest.mark.parametrize("command", [[], ["encode"], ["embed"], ["serve"], ["models"], ["export"]])
 def test_every_command_has_help(command):
     done = rayembed(*command, "--help")
     assert done.returncode == 0 and "usage: rayembed" in done.stdout

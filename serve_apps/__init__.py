@@ -1,0 +1,1 @@
+"""The online app: Ray Serve deployments behind an OpenAI-compatible API."""

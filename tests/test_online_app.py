@@ -1,0 +1,212 @@
+"""The online app over real Ray Serve HTTP, driven by the official openai client and by plain requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai import AuthenticationError, NotFoundError, OpenAI
+
+from jobs.embed_corpus import main as embed_corpus
+from serve_apps.openai_api import EmbeddingsAPI, build_app
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "all-MiniLM-L6-v2"
+LIMITS = {"max_inputs_per_request": 8, "max_request_bytes": 4096}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(ray_cluster):
+    """The app from config.yaml's builder, on a real Serve HTTP proxy; a second, key-protected copy."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"models": [{"model": MODEL, "precision": "fp32"}], **LIMITS}
+    serve.run(build_app(args), name="open", route_prefix="/open")
+    secured = EmbeddingsAPI.options(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {"RAYEMBED_API_KEY": "s3cret"}}})
+    serve.run(secured.bind(args), name="secured", route_prefix="/secured")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/open/v1", api_key="unused", max_retries=0)
+
+
+def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_openai_client_gets_float_and_base64_vectors(client, fp32_embedder, sts_test):
+    texts = sts_test.first[:5]
+    expected = fp32_embedder.embed(texts)
+    floats = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    assert [d.index for d in floats.data] == list(range(5))
+    assert np.allclose(np.array([d.embedding for d in floats.data]), expected, atol=1e-6)
+    # Without encoding_format the client asks for base64 itself and decodes it.
+    default = client.embeddings.create(model=MODEL, input=texts)
+    assert np.allclose(np.array([d.embedding for d in default.data]), expected, atol=1e-6)
+    packed = client.embeddings.create(model=MODEL, input=texts, encoding_format="base64")
+    vectors = np.array([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in packed.data])
+    assert np.allclose(vectors, expected, atol=1e-6)
+    assert floats.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == int(fp32_embedder.tokenize(texts).tokens.offsets[-1])
+
+
+def test_one_input_and_dimensions(client, fp32_embedder):
+    one = client.embeddings.create(model=MODEL, input="a single string", dimensions=64)
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 64
+    assert np.allclose(one.data[0].embedding, fp32_embedder.embed(["a single string"], dimensions=64)[0], atol=1e-6)
+
+
+def test_base64_is_little_endian_float32(base_url, fp32_embedder):
+    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": "raw", "encoding_format": "base64"})
+    assert status == 200
+    vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(vector, fp32_embedder.embed(["raw"])[0], atol=1e-6)
+
+
+def test_served_vectors_equal_the_offline_jobs(client, ray_cluster, tmp_path, sts_test):
+    texts = sts_test.second[:8]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    assert embed_corpus([str(corpus), str(tmp_path / "out"), "--precision", "fp32", "--gpus-per-actor", "0", "--cpus-per-actor", "1"]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out").sort_by("id")
+    offline = np.asarray(table["embedding"].combine_chunks().values).reshape(8, -1)
+    online = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=texts).data])
+    assert (offline * online).sum(axis=1).min() >= 0.9999
+
+
+def test_truncation_is_reported_in_usage(base_url):
+    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": ["word " * 600]})
+    assert status == 200 and body["usage"]["truncated_inputs"] == 1 and body["usage"]["prompt_tokens"] == 256
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"model": MODEL, "input": ""}, 400, "input[0] cannot be embedded: empty"),
+        ({"model": MODEL, "input": ["ok", 7]}, 400, "input[1] is not a string"),
+        ({"model": MODEL, "input": []}, 400, "non-empty list of strings"),
+        ({"model": MODEL, "input": ["x"] * 9}, 400, "9 inputs in one request; the limit is 8"),
+        ({"model": MODEL, "input": "x", "dimensions": 999}, 400, "'dimensions' must be an integer from 1 to 384"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "'encoding_format' must be 'float' or 'base64'"),
+        ({"model": MODEL, "input": "x" * 5000}, 413, "the limit is 4,096"),
+        (b"{not json", 400, "not valid JSON"),
+        ({"model": "gpt-embedding-9", "input": "x"}, 404, "served models: sentence-transformers/all-MiniLM-L6-v2"),
+    ],
+)
+def test_bad_requests_get_a_4xx_that_says_what_to_fix(base_url, body, status, says):
+    got, error = post(f"{base_url}/open/v1/embeddings", body)
+    assert got == status
+    assert says in error["error"]["message"]
+
+
+def test_unknown_model_through_the_client_is_a_404(client):
+    with pytest.raises(NotFoundError, match="not served here"):
+        client.embeddings.create(model="nope", input="x")
+
+
+def test_api_key_when_set(base_url):
+    secured = OpenAI(base_url=f"{base_url}/secured/v1", api_key="s3cret", max_retries=0)
+    assert len(secured.embeddings.create(model=MODEL, input="let me in").data) == 1
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=f"{base_url}/secured/v1", api_key="wrong", max_retries=0).embeddings.create(model=MODEL, input="x")
+    status, error = post(f"{base_url}/secured/v1/embeddings", {"model": MODEL, "input": "x"})
+    assert status == 401 and "Authorization: Bearer" in error["error"]["message"]
+
+
+def test_models_and_health(base_url, client):
+    assert [m.id for m in client.models.list().data] == ["sentence-transformers/all-MiniLM-L6-v2"]
+    with urllib.request.urlopen(f"{base_url}/open/healthz", timeout=30) as response:
+        assert response.status == 200
+
+
+def test_config_file_validates_with_serves_schema():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_apps.openai_api import AppConfig
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_apps" / "config.yaml").read_text()))
+    app = config.applications[0]
+    assert app.import_path == "serve_apps.openai_api:build_app"
+    AppConfig.model_validate(app.args)
+
+
+
+def _concurrently(url: str, body: dict, n: int) -> list[tuple[int, str | None]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, None
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_overload_is_answered_with_503_and_retry_after_then_serves_again(base_url):
+    from ray import serve
+    from ray.serve.config import BackpressureConfig
+
+    tight = EmbeddingsAPI.options(max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0},
+                                  backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1))
+    serve.run(tight.bind({"models": [{"model": MODEL, "precision": "fp32", "max_batch_size": 1}]}), name="tight", route_prefix="/tight")
+    url = f"{base_url}/tight/v1/embeddings"
+    results = _concurrently(url, {"model": MODEL, "input": ["a longer text to keep the replica busy " * 20] * 16}, 24)
+    codes = [code for code, _ in results]
+    assert 200 in codes and 503 in codes, codes
+    assert all(retry == "1" for code, retry in results if code == 503)
+    assert post(url, {"model": MODEL, "input": "after the storm"})[0] == 200
+    serve.delete("tight")
+
+
+def test_a_killed_replica_is_replaced(base_url):
+    import time
+
+    import ray
+    from ray import serve
+    from ray.util.state import list_actors
+
+    serve.run(EmbeddingsAPI.options(ray_actor_options={"num_cpus": 0}).bind({"models": [{"model": MODEL, "precision": "fp32"}]}),
+              name="fragile", route_prefix="/fragile")
+    url = f"{base_url}/fragile/v1/embeddings"
+    assert post(url, {"model": MODEL, "input": "before"})[0] == 200
+    replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")], timeout=10) if "fragile" in (a.name or "")]
+    assert len(replicas) == 1
+    ray.kill(ray.get_actor(replicas[0].name, namespace="serve"), no_restart=True)
+    deadline, status = time.monotonic() + 120, 0
+    while time.monotonic() < deadline:
+        status = post(url, {"model": MODEL, "input": "after"})[0]
+        if status == 200:
+            break
+        time.sleep(1)
+    assert status == 200
+    serve.delete("fragile")
