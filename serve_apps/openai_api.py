@@ -28,7 +28,7 @@ from actors import pooling
 from actors.catalog import CATALOG, DEFAULT_MODEL
 from actors.device_actor import assigned_device
 from actors.embedder import Embedder
-from actors.tokenize import check_text
+from actors.tokenize import Tokens, check_text
 
 log = logging.getLogger("rayembed")
 
@@ -38,7 +38,9 @@ class ServedModel(BaseModel):
 
     model: str | dict = DEFAULT_MODEL  # a catalogue name or custom model properties
     precision: str = "auto"
-    max_batch_size: int = 64  # requests per batch
+    # Requests are joined into engine batches of up to this many tokens (serve.batch's batch_size_fn);
+    # a request larger than that is a batch of its own.
+    max_batch_tokens: int = 16384
     batch_wait_timeout_s: float = 0.002
 
 
@@ -53,7 +55,7 @@ class AppConfig(BaseModel):
 
 @dataclass
 class _Job:
-    texts: list[str]
+    tokens: Tokens
     dimensions: int | None
 
 
@@ -91,30 +93,33 @@ class EmbeddingsAPI:
         # On Ray's Prometheus endpoint next to Serve's own metrics, under one prefix.
         tags = {"model": embedder.spec.name}
         inputs = metrics.Counter("rayembed_inputs", "Inputs embedded.", tag_keys=("model",))
-        tokens = metrics.Counter("rayembed_tokens", "Tokens embedded.", tag_keys=("model",))
+        token_count = metrics.Counter("rayembed_tokens", "Tokens embedded.", tag_keys=("model",))
         batch_rows = metrics.Histogram("rayembed_batch_inputs", "Inputs per engine batch.",
                                        boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024], tag_keys=("model",))
 
-        @serve.batch(max_batch_size=served.max_batch_size, batch_wait_timeout_s=served.batch_wait_timeout_s)
-        async def embed(jobs: list[_Job]) -> list[tuple[np.ndarray, int, int]]:
-            texts = [t for job in jobs for t in job.texts]
-            tokenized = embedder.tokenize(texts)
-            vectors = await asyncio.to_thread(embedder.embed_tokens, tokenized.tokens)
-            inputs.inc(len(texts), tags)
-            tokens.inc(int(tokenized.tokens.offsets[-1]), tags)
-            batch_rows.observe(len(texts), tags)
-            lengths = tokenized.tokens.lengths
-            results, start = [], 0
-            for job in jobs:
-                end = start + len(job.texts)
-                part = vectors[start:end]
-                if job.dimensions and job.dimensions != embedder.dimensions:
-                    part = pooling.truncate(part, job.dimensions)
-                results.append((part, int(lengths[start:end].sum()), int(tokenized.tokens.truncated[start:end].sum())))
-                start = end
-            return results
+        def compute(tokens: Tokens) -> np.ndarray:
+            vectors = embedder.embed_tokens(tokens)
+            inputs.inc(len(tokens), tags)
+            token_count.inc(int(tokens.offsets[-1]), tags)
+            batch_rows.observe(len(tokens), tags)
+            return vectors
 
-        return embed
+        def shaped(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+            return vectors if dimensions in (None, embedder.dimensions) else pooling.truncate(vectors, dimensions)
+
+        @serve.batch(max_batch_size=served.max_batch_tokens, batch_wait_timeout_s=served.batch_wait_timeout_s,
+                     batch_size_fn=lambda jobs: sum(int(job.tokens.offsets[-1]) for job in jobs))
+        async def embed(jobs: list[_Job]) -> list[np.ndarray]:
+            vectors = await asyncio.to_thread(compute, Tokens.concat([job.tokens for job in jobs]))
+            ends = np.cumsum([len(job.tokens) for job in jobs])
+            return [shaped(part, job.dimensions) for part, job in zip(np.split(vectors, ends[:-1]), jobs)]
+
+        async def run(job: _Job) -> np.ndarray:
+            if job.tokens.offsets[-1] > served.max_batch_tokens:  # a batch on its own
+                return shaped(await asyncio.to_thread(compute, job.tokens), job.dimensions)
+            return await embed(job)
+
+        return run
 
     def _unauthorised(self, request: Request) -> JSONResponse | None:
         if self.api_key is None:
@@ -171,7 +176,9 @@ class EmbeddingsAPI:
         embedder = self.models[name]
         if dimensions is not None and (not isinstance(dimensions, int) or not 1 <= dimensions <= embedder.dimensions):
             return openai_error(400, f"'dimensions' must be an integer from 1 to {embedder.dimensions} for {name}", param="dimensions")
-        vectors, tokens, truncated = await self.batchers[name](_Job(texts, dimensions))
+        tokenized = embedder.tokenize(texts)
+        vectors = await self.batchers[name](_Job(tokenized.tokens, dimensions))
+        tokens, truncated = int(tokenized.tokens.offsets[-1]), int(tokenized.tokens.truncated.sum())
         if encoding == "base64":
             data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()}
                     for i, v in enumerate(vectors)]

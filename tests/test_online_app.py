@@ -34,8 +34,15 @@ def base_url(ray_cluster):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from actors.catalog import CATALOG
+    from actors.export import model_folder
+
+    # A second model in the same app: a custom one, the default's ONNX export under another name.
+    copy = {"name": "minilm-copy", "dimensions": 384, "tokens": 256, "pooling": "mean", "normalize": True,
+            "model_location": str(model_folder(CATALOG.resolve(MODEL), "fp32"))}
+    serve.run(build_app({"models": [{"model": MODEL, "precision": "fp32"}, {"model": copy, "precision": "fp32"}], **LIMITS}),
+              name="open", route_prefix="/open")
     args = {"models": [{"model": MODEL, "precision": "fp32"}], **LIMITS}
-    serve.run(build_app(args), name="open", route_prefix="/open")
     secured = EmbeddingsAPI.options(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": {"RAYEMBED_API_KEY": "s3cret"}}})
     serve.run(secured.bind(args), name="secured", route_prefix="/secured")
     yield f"http://127.0.0.1:{port}"
@@ -71,6 +78,13 @@ def test_openai_client_gets_float_and_base64_vectors(client, fp32_embedder, sts_
     assert np.allclose(vectors, expected, atol=1e-6)
     assert floats.model == "sentence-transformers/all-MiniLM-L6-v2"
     assert floats.usage.prompt_tokens == floats.usage.total_tokens == int(fp32_embedder.tokenize(texts).tokens.offsets[-1])
+
+
+def test_requests_are_routed_by_model(client):
+    a = client.embeddings.create(model="minilm-copy", input="routed")
+    b = client.embeddings.create(model="onnx/all-MiniLM-L6-v2", input="routed")  # an alias routes too
+    assert a.model == "minilm-copy" and b.model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert np.allclose(a.data[0].embedding, b.data[0].embedding, atol=1e-6)
 
 
 def test_one_input_and_dimensions(client, fp32_embedder):
@@ -115,7 +129,7 @@ def test_truncation_is_reported_in_usage(base_url):
         ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "'encoding_format' must be 'float' or 'base64'"),
         ({"model": MODEL, "input": "x" * 5000}, 413, "the limit is 4,096"),
         (b"{not json", 400, "not valid JSON"),
-        ({"model": "gpt-embedding-9", "input": "x"}, 404, "served models: sentence-transformers/all-MiniLM-L6-v2"),
+        ({"model": "gpt-embedding-9", "input": "x"}, 404, "served models: minilm-copy, sentence-transformers/all-MiniLM-L6-v2"),
     ],
 )
 def test_bad_requests_get_a_4xx_that_says_what_to_fix(base_url, body, status, says):
@@ -139,7 +153,7 @@ def test_api_key_when_set(base_url):
 
 
 def test_models_and_health(base_url, client):
-    assert [m.id for m in client.models.list().data] == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert [m.id for m in client.models.list().data] == ["minilm-copy", "sentence-transformers/all-MiniLM-L6-v2"]
     with urllib.request.urlopen(f"{base_url}/open/healthz", timeout=30) as response:
         assert response.status == 200
 
@@ -178,7 +192,7 @@ def test_overload_is_answered_with_503_and_retry_after_then_serves_again(base_ur
 
     tight = EmbeddingsAPI.options(max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0},
                                   backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1))
-    serve.run(tight.bind({"models": [{"model": MODEL, "precision": "fp32", "max_batch_size": 1}]}), name="tight", route_prefix="/tight")
+    serve.run(tight.bind({"models": [{"model": MODEL, "precision": "fp32", "max_batch_tokens": 64}]}), name="tight", route_prefix="/tight")
     url = f"{base_url}/tight/v1/embeddings"
     results = _concurrently(url, {"model": MODEL, "input": ["a longer text to keep the replica busy " * 20] * 16}, 24)
     codes = [code for code, _ in results]
