@@ -14,6 +14,7 @@ import base64
 import hmac
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ class AppConfig(BaseModel):
     """The `args` of the app in serve_apps/config.yaml."""
 
     models: list[ServedModel] = Field(default_factory=lambda: [ServedModel()])
-    threads: int | None = None  # ONNX Runtime threads per replica (default: the replica's CPUs)
+    threads: int | None = None  # ONNX Runtime threads per replica (default: the CPUs Ray gave it)
     max_inputs_per_request: int = 2048
     max_request_bytes: int = 8 * 1024 * 1024
 
@@ -73,12 +74,17 @@ api = FastAPI(title="rayembed", description="OpenAI-compatible embeddings")
 class EmbeddingsAPI:
     def __init__(self, config: dict) -> None:
         self.config = AppConfig.model_validate(config)
+        import ray
+
         device, _ = assigned_device()
+        # ONNX Runtime threads from the CPUs this replica holds, not the node's count.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        threads = self.config.threads or (max(1, math.ceil(cpus)) if cpus else None)
         self.models: dict[str, Embedder] = {}
         self.aliases: dict[str, str] = {}
         self.batchers = {}
         for served in self.config.models:
-            embedder = Embedder(served.model, precision=served.precision, device=device, threads=self.config.threads)
+            embedder = Embedder(served.model, precision=served.precision, device=device, threads=threads)
             embedder.warmup()
             name = embedder.spec.name
             self.models[name] = embedder
