@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hmac
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+import ray
 from ray import serve
 from ray.serve import metrics
 
@@ -30,9 +30,6 @@ from actors.catalog import CATALOG, DEFAULT_MODEL
 from actors.device_actor import assigned_device
 from actors.embedder import Embedder
 from actors.tokenize import Tokens, check_text
-
-log = logging.getLogger("rayembed")
-
 
 class ServedModel(BaseModel):
     """One model the app serves, and how its requests are batched."""
@@ -61,9 +58,9 @@ class _Job:
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None) -> JSONResponse:
+                 code: str | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status)
 
 
 api = FastAPI(title="rayembed", description="OpenAI-compatible embeddings")
@@ -74,8 +71,6 @@ api = FastAPI(title="rayembed", description="OpenAI-compatible embeddings")
 class EmbeddingsAPI:
     def __init__(self, config: dict) -> None:
         self.config = AppConfig.model_validate(config)
-        import ray
-
         device, _ = assigned_device()
         # ONNX Runtime threads from the CPUs this replica holds, not the node's count.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
