@@ -94,12 +94,14 @@ def run(config: JobConfig) -> dict:
     if config.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint  # before Ray starts: workers inherit it
     files = list_inputs(config.input)
-    missing = missing_columns(columns_of(files[0].path), config)
+    columns = columns_of(files[0].path)
+    missing = missing_columns(columns, config)
     if missing:
-        raise ValueError(f"{files[0].path} has no column {missing}; its columns are {columns_of(files[0].path)}")
+        raise ValueError(f"{files[0].path} has no column {missing}; its columns are {columns}")
     output = OutputFolder(config.output)
     output.remove_manifest()
-    todo = [f for f in files if f.key not in output.complete_keys()] if config.resume else files
+    done = output.complete_keys() if config.resume else set()
+    todo = [f for f in files if f.key not in done]
     output.remove({f.key for f in todo})
 
     where = connect(config.address)

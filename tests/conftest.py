@@ -58,10 +58,16 @@ def fp32_embedder():
     return Embedder("all-MiniLM-L6-v2", precision="fp32", device="cpu")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def unused_port():
+    """A function that returns a free TCP port on 127.0.0.1."""
+    return free_port
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +76,7 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     env = {
@@ -111,7 +117,7 @@ def ray_cluster(s3_server, model_cache):
     """
     import ray
 
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=6, num_gpus=2, object_store_memory=512 * 1024**2, include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port)
     yield f"http://127.0.0.1:{port}"

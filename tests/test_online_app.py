@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,18 +20,12 @@ MODEL = "all-MiniLM-L6-v2"
 LIMITS = {"max_inputs_per_request": 8, "max_request_bytes": 4096}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def base_url(ray_cluster):
+def base_url(ray_cluster, unused_port):
     """The app from config.yaml's builder, on a real Serve HTTP proxy; a second, key-protected copy."""
     from ray import serve
 
-    port = _free_port()
+    port = unused_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from actors.catalog import CATALOG
     from actors.export import model_folder
