@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cluster.autoscaling import AUTOSCALING
+
 # CPU each tokenise/read/write task asks for. Small, because they are short and mostly wait on I/O or
 # run in Rust; on a CPU-only node the embedding actors leave this much room for them.
 CPU_STAGE_CPUS = 0.25
@@ -37,6 +39,7 @@ def plan_pool(
     """Pool sizes from the cluster's resources and the user's flags (None: choose).
 
     GPUs present: one actor per `gpus_per_actor` share of them (default a whole GPU each), 1 CPU each.
+    At least AUTOSCALING.min_workers actors are kept up.
     CPU only: actors as wide as a node (at most 8 CPUs each), minus room for the CPU stages.
     """
     gpus = cluster.get("GPU", 0.0)
@@ -44,8 +47,11 @@ def plan_pool(
         gpus_per_actor = 1.0 if gpus else 0.0
     if gpus_per_actor < 0 or (gpus_per_actor > 1 and not float(gpus_per_actor).is_integer()):
         raise ValueError(f"--gpus-per-actor must be a fraction of one GPU or a whole number, got {gpus_per_actor}")
-    if gpus_per_actor > gpus:
-        raise ValueError(f"--gpus-per-actor {gpus_per_actor:g} but the cluster has {gpus:g} GPUs")
+    if gpus_per_actor > gpus and max_actors is None:
+        # With --max-actors the user says how far to grow: an autoscaling cluster (KubeRay, GPU
+        # groups from 0) adds GPU nodes as the pool asks for them.
+        raise ValueError(f"--gpus-per-actor {gpus_per_actor:g} but the cluster has {gpus:g} GPUs now; "
+                         "on an autoscaling cluster give --max-actors too")
     if cpus_per_actor is None:
         if gpus_per_actor:
             cpus_per_actor = 1.0
@@ -53,11 +59,11 @@ def plan_pool(
             smallest = min(node_cpus) if node_cpus else cluster.get("CPU", 1.0)
             cpus_per_actor = min(CPU_ACTOR_MAX_CPUS, max(1.0, smallest - 2 * CPU_STAGE_CPUS))
     if gpus_per_actor:
-        fit = int(gpus // gpus_per_actor)
+        fit = max(1, int(gpus // gpus_per_actor))
     else:
         fit = max(1, int(cluster.get("CPU", 1.0) // cpus_per_actor))
     max_actors = max_actors or fit
-    min_actors = min_actors or 1
+    min_actors = min_actors or min(AUTOSCALING.min_workers, max_actors)
     if min_actors > max_actors:
         raise ValueError(f"--min-actors {min_actors} is more than --max-actors {max_actors}")
     return PoolPlan(min_actors, max_actors, float(gpus_per_actor), float(cpus_per_actor))

@@ -123,6 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import yaml
 
+    from cluster.serving import serve_env
+
     with open(args.config) as fh:
         config = yaml.safe_load(fh)
     config["http_options"] = {**config.get("http_options", {}), "host": args.host, "port": args.port}
@@ -131,6 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
     command = [shutil.which("serve") or "serve", "run", fh.name]
     if args.address:
         command += ["--address", args.address]
+    else:  # `serve run` starts a local Ray: it must start with the ingress settings
+        os.environ.update(serve_env())
     os.execvp(command[0], command)
     return 0
 

@@ -1,0 +1,161 @@
+"""The KubeRay manifests, checked offline: pod templates against Kubernetes' own schema, the KubeRay
+fields we use against the ray.io/v1 field names, serveConfigV2 against Ray's Serve schema, and the
+RayJob's entrypoint against the job's parser. Each check is also shown to fail on a typo."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import shlex
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
+
+from cluster import k8s
+from cluster.autoscaling import AUTOSCALING, serve_autoscaling_config
+from cluster.serving import SERVE_ENV
+from jobs.embed_corpus import build_parser, config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "registry.example.com/rayembed:0.1.0"
+KUBERNETES = "1.33.0"
+
+# ray.io/v1 fields (KubeRay's CRDs, which no PyPI package ships), for the parts the manifests use.
+# Pod templates are checked against Kubernetes' own schema instead.
+GROUP = {"rayStartParams", "template", "serviceType", "headService", "enableIngress"}
+WORKER_GROUP = GROUP | {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "idleTimeoutSeconds", "scaleStrategy", "suspend"}
+CLUSTER_SPEC = {"rayVersion", "enableInTreeAutoscaling", "autoscalerOptions", "headGroupSpec", "workerGroupSpecs",
+                "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions", "authOptions", "upgradeStrategy"}
+AUTOSCALER = {"version", "upscalingMode", "idleTimeoutSeconds", "resources", "image", "imagePullPolicy", "env", "envFrom",
+              "securityContext", "volumeMounts"}
+JOB_SPEC = {"entrypoint", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "backoffLimit", "rayClusterSpec",
+            "clusterSelector", "runtimeEnvYAML", "submissionMode", "submitterPodTemplate", "submitterConfig", "suspend",
+            "activeDeadlineSeconds", "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "metadata",
+            "managedBy", "deletionStrategy"}
+SERVICE_SPEC = {"serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy", "excludeHeadPodFromServeSvc",
+                "serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"}
+
+
+def load(name: str) -> dict:
+    """A manifest as `kubectl apply` gets it after `envsubst '$RAYEMBED_IMAGE'`."""
+    return yaml.safe_load((ROOT / "k8s" / name).read_text().replace("${RAYEMBED_IMAGE}", IMAGE))
+
+
+MANIFESTS = {"raycluster.yaml": "RayCluster", "rayjob.yaml": "RayJob", "rayservice.yaml": "RayService"}
+
+
+def cluster_spec_of(manifest: dict) -> dict:
+    spec = manifest["spec"]
+    return {"RayCluster": lambda: spec, "RayJob": lambda: spec["rayClusterSpec"],
+            "RayService": lambda: spec["rayClusterConfig"]}[manifest["kind"]]()
+
+
+def unknown_fields(manifest: dict) -> list[str]:
+    """Fields the ray.io/v1 CRDs don't have, as dotted paths."""
+    spec = manifest["spec"]
+    top = {"RayCluster": CLUSTER_SPEC, "RayJob": JOB_SPEC, "RayService": SERVICE_SPEC}[manifest["kind"]]
+    found = [f"spec.{k}" for k in spec if k not in top]
+    cluster = cluster_spec_of(manifest)
+    found += [f"cluster.{k}" for k in cluster if k not in CLUSTER_SPEC]
+    found += [f"autoscalerOptions.{k}" for k in cluster.get("autoscalerOptions", {}) if k not in AUTOSCALER]
+    found += [f"headGroupSpec.{k}" for k in cluster["headGroupSpec"] if k not in GROUP]
+    found += [f"workerGroupSpecs.{k}" for group in cluster["workerGroupSpecs"] for k in group if k not in WORKER_GROUP]
+    return found
+
+
+def pod_templates(manifest: dict) -> list[dict]:
+    cluster = cluster_spec_of(manifest)
+    return [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+
+
+def validate_pod_template(template: dict) -> None:
+    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "rayembed"}, "template": template}
+    kubernetes_validate.validate(wrapped, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifests_are_ray_io_v1_with_known_fields_and_valid_pod_templates(name):
+    manifest = load(name)
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == MANIFESTS[name]
+    assert unknown_fields(manifest) == []
+    templates = pod_templates(manifest)
+    assert len(templates) == 3  # head, cpu, gpu
+    for template in templates:
+        validate_pod_template(template)
+        container = template["spec"]["containers"][0]
+        assert container["image"] == IMAGE
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert all(env.get(k) == v for k, v in SERVE_ENV.items())
+        # S3 keys come from a Secret, never inline.
+        assert container["envFrom"] == [{"secretRef": {"name": "rayembed-s3"}}]
+        assert not any("SECRET" in k or "KEY_ID" in k for k in env)
+
+
+def test_a_typo_fails_the_checks():
+    manifest = load("raycluster.yaml")
+    typo = copy.deepcopy(manifest)
+    gpu = typo["spec"]["workerGroupSpecs"][1]["template"]
+    gpu["spec"]["toleration"] = gpu["spec"].pop("tolerations")
+    with pytest.raises(kubernetes_validate.ValidationError, match="toleration"):
+        validate_pod_template(gpu)
+    typo = copy.deepcopy(manifest)
+    typo["spec"]["enableInTreeAutoScaling"] = typo["spec"].pop("enableInTreeAutoscaling")
+    assert unknown_fields(typo) == ["spec.enableInTreeAutoScaling", "cluster.enableInTreeAutoScaling"]
+
+
+def test_cluster_shape():
+    cluster = load("raycluster.yaml")["spec"]
+    assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["version"] == "v2"
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == AUTOSCALING.idle_timeout_s
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no work on the head
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    assert all(g["minReplicas"] == 0 < g["maxReplicas"] for g in groups.values())
+    gpu = groups["gpu"]["template"]["spec"]
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_generated_manifests_are_current():
+    assert k8s.main(["--check"]) == 0
+    assert cluster_spec_of(load("rayjob.yaml")) == load("raycluster.yaml")["spec"]
+
+
+def test_serve_config_v2_is_the_apps_config_and_validates():
+    service = load("rayservice.yaml")["spec"]
+    served = yaml.safe_load(service["serveConfigV2"])
+    schema = ServeDeploySchema.parse_obj(served)
+    ours = yaml.safe_load((ROOT / "serve_apps" / "config.yaml").read_text())["applications"]
+    for app, local in zip(served["applications"], ours):
+        deployments = app.pop("deployments")
+        assert app == {k: v for k, v in local.items() if k != "deployments"}
+        assert [d["ray_actor_options"] for d in deployments] == [{**d["ray_actor_options"], **k8s.GPU_REPLICA} for d in local["deployments"]]
+    AutoscalingConfig(**serve_autoscaling_config())
+    for app in schema.applications:
+        module, attr = app.import_path.split(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+    # Only replicas for the GPU group; one GPU node stays up so a first request does not wait.
+    gpu = [g for g in service["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu"][0]
+    assert gpu["minReplicas"] == 1
+
+
+def test_rayjob_runs_the_job_module_with_arguments_its_parser_takes():
+    job = load("rayjob.yaml")["spec"]
+    assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] > 0
+    argv = shlex.split(job["entrypoint"])
+    assert argv[:3] == ["python", "-m", "jobs.embed_corpus"]
+    config = config_from_args(build_parser().parse_args(argv[3:]))
+    assert config.input.startswith("s3://") and config.output.startswith("s3://")
+    assert config.gpus_per_actor == 1 and config.max_actors and config.resume
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv[3:], "--gpu-per-actor", "1"])
+
+
+def test_image_recipe_is_ray_2_60_gpu_with_onnxruntime_gpu():
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    assert "FROM rayproject/ray:2.60.0-py311-gpu" in dockerfile
+    assert "onnxruntime-gpu" in dockerfile and "pip uninstall -y onnxruntime" in dockerfile
