@@ -11,14 +11,18 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Pooling = Literal["mean", "cls", "last_token"]
-POOLINGS: tuple[str, ...] = ("mean", "cls", "last_token")
+# "none": the graph already gives one vector per row (a CLIP tower's projection).
+Pooling = Literal["mean", "cls", "last_token", "none"]
+POOLINGS: tuple[str, ...] = ("mean", "cls", "last_token", "none")
 Kind = Literal["passage", "query"]
+# "text": a text encoder. "clip": a dual encoder, an image tower and a text tower in one space.
+Modality = Literal["text", "clip"]
+MODALITIES: tuple[str, ...] = ("text", "clip")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What rayembed needs to know to turn text into this model's vectors."""
+    """What rayembed needs to know to turn text (and, for CLIP models, images) into this model's vectors."""
 
     name: str
     dimensions: int
@@ -26,8 +30,11 @@ class ModelSpec:
     pooling: Pooling = "mean"
     normalize: bool = True
     # Where the files are: `package:<module>/<folder>`, a local folder or archive, or `s3://...`.
-    # The folder holds tokenizer.json and either model.onnx or config.json + model.safetensors.
+    # The folder holds tokenizer.json and either model.onnx or config.json + model.safetensors; a
+    # CLIP model's also preprocessor_config.json, and image.onnx beside model.onnx (the text tower).
+    # Empty only in catalogue entries whose weights can't be had here: the user gives the location.
     model_location: str = ""
+    modality: Modality = "text"
     aliases: tuple[str, ...] = ()
     query_prefix: str = ""
     passage_prefix: str = ""
@@ -41,10 +48,10 @@ class ModelSpec:
             raise ValueError("a model needs a name")
         if self.pooling not in POOLINGS:
             raise ValueError(f"model {self.name!r}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"model {self.name!r}: modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.dimensions <= 0 or self.max_tokens <= 0:
             raise ValueError(f"model {self.name!r}: dimensions and max_tokens must be positive")
-        if not self.model_location:
-            raise ValueError(f"model {self.name!r}: model_location is required (a folder, archive or s3:// prefix)")
 
     def prefix(self, kind: Kind) -> str:
         if kind not in ("passage", "query"):
@@ -56,7 +63,7 @@ class ModelSpec:
         """A custom model from Marqo-style properties.
 
         Keys: name, dimensions, tokens (or max_tokens), pooling, normalize, model_location, and
-        optionally aliases, query_prefix, passage_prefix, licence, description.
+        optionally modality (text or clip), aliases, query_prefix, passage_prefix, licence, description.
         """
         props = dict(props)
         if "tokens" in props:
@@ -91,6 +98,29 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ),
 )
 
+
+
+def _clip(name: str, dimensions: int, aliases: tuple[str, ...], description: str) -> ModelSpec:
+    return ModelSpec(name=name, dimensions=dimensions, max_tokens=77, pooling="none", normalize=True, modality="clip",
+                     aliases=aliases, licence="MIT", description=description)
+
+
+# No PyPI package carries CLIP weights, so these name the model and its shape, and the user gives
+# model_location: a `transformers` CLIP folder (as on the Hub) or its ONNX export, local or s3://.
+CLIP_MODELS: tuple[ModelSpec, ...] = (
+    _clip("openai/clip-vit-base-patch32", 512,
+          ("ViT-B/32", "ViT-B-32", "open_clip/ViT-B-32/openai", "onnx32/openai/ViT-B/32", "onnx16/openai/ViT-B/32"),
+          "CLIP ViT-B/32 (OpenAI), images and text in one 512-d space."),
+    _clip("openai/clip-vit-base-patch16", 512,
+          ("ViT-B/16", "ViT-B-16", "open_clip/ViT-B-16/openai", "onnx32/openai/ViT-B/16", "onnx16/openai/ViT-B/16"),
+          "CLIP ViT-B/16 (OpenAI), 512-d."),
+    _clip("openai/clip-vit-large-patch14", 768,
+          ("ViT-L/14", "ViT-L-14", "open_clip/ViT-L-14/openai", "onnx32/openai/ViT-L/14", "onnx16/openai/ViT-L/14"),
+          "CLIP ViT-L/14 (OpenAI), 768-d."),
+    _clip("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", 512, ("open_clip/ViT-B-32/laion2b_s34b_b79k",),
+          "OpenCLIP ViT-B/32 trained on LAION-2B, 512-d."),
+)
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -109,16 +139,33 @@ class Catalog:
         return spec
 
     def resolve(self, model: str | ModelSpec | dict[str, Any]) -> ModelSpec:
-        """A spec from a name, an alias, a spec, or custom properties."""
+        """A spec from a name, an alias, a spec, or custom properties.
+
+        Properties whose name is a catalogue entry's start from that entry: `{"name": "ViT-B/32",
+        "model_location": "s3://bucket/clip/"}` is all a catalogued CLIP model needs.
+        """
         if isinstance(model, ModelSpec):
-            return model
-        if isinstance(model, dict):
-            return ModelSpec.from_properties(model)
-        spec = self._by_key().get(model.lower())
-        if spec is None:
-            raise KeyError(
-                f"unknown model {model!r}; known models: {', '.join(self.names())}. "
-                "A custom model is given by properties (name, dimensions, tokens, pooling, normalize, model_location)."
+            spec = model
+        elif isinstance(model, dict):
+            base = self._by_key().get(str(model.get("name", "")).lower())
+            if base is not None:
+                props = {k: v for k, v in model.items() if k != "name"}
+                spec = ModelSpec.from_properties({**vars(base), "aliases": base.aliases, **props})
+            else:
+                spec = ModelSpec.from_properties(model)
+        else:
+            spec = self._by_key().get(model.lower())
+            if spec is None:
+                raise KeyError(
+                    f"unknown model {model!r}; known models: {', '.join(self.names())}. A custom model is given by "
+                    "properties (name, dimensions, tokens, pooling, normalize, model_location)."
+                )
+        if not spec.model_location:
+            raise ValueError(
+                f"model {spec.name!r} has no weights that can be fetched here: give its files as model_location, "
+                f'e.g. {{"name": "{spec.name}", "model_location": "s3://bucket/{spec.name.split("/")[-1]}/"}}: a folder '
+                "with a transformers CLIP model (config.json, model.safetensors, tokenizer.json, preprocessor_config.json) "
+                "or its ONNX export (model.onnx for text, image.onnx, tokenizer.json, preprocessor_config.json)"
             )
         return spec
 
@@ -143,6 +190,6 @@ def model_from_arg(value: str) -> str | dict[str, Any]:
 
 
 CATALOG = Catalog()
-for _spec in BUILTIN_MODELS:
+for _spec in (*BUILTIN_MODELS, *CLIP_MODELS):
     CATALOG.add(_spec)
 

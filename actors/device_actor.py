@@ -22,6 +22,7 @@ from actors.tokenize import Tokens
 log = logging.getLogger("rayembed")
 
 TOKENS_COLUMN = "tokens"
+PIXELS_COLUMN = "pixels"  # a CLIP job's images: uint8 [h, w, 3] per row, decoded and cropped
 TRUNCATED_COLUMN = "truncated"
 ERROR_COLUMN = "error"
 EMBEDDING_COLUMN = "embedding"
@@ -49,7 +50,8 @@ def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
 
 
 class EmbedActor:
-    """Adds an `embedding` column to blocks that carry a `tokens` column (rows with an `error` are skipped)."""
+    """Adds an `embedding` column to blocks that carry a `tokens` (or `pixels`) column; rows with an
+    `error` are skipped."""
 
     def __init__(self, spec: ModelSpec, precision: str, threads: int, batch_tokens: int | None, stats_actor: str | None) -> None:
         import ray
@@ -64,13 +66,21 @@ class EmbedActor:
         self._report()
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        tokens = Tokens.from_arrow(block[TOKENS_COLUMN])
         ok = block[ERROR_COLUMN].is_null().to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(ok)
         vectors = np.zeros((len(block), self.embedder.dimensions), dtype=np.float32)
-        if ok.any():
-            rows = np.flatnonzero(ok)
-            vectors[rows] = self.embedder.embed_tokens(tokens.take(rows))
-        out = block.drop_columns([TOKENS_COLUMN]).append_column(EMBEDDING_COLUMN, embedding_array(vectors))
+        if PIXELS_COLUMN in block.column_names:
+            column, done = block[PIXELS_COLUMN].combine_chunks(), PIXELS_COLUMN
+            if len(rows):
+                height, width = self.embedder.image_config.crop
+                pixels = np.frombuffer(column.buffers()[1], dtype=np.uint8)[column.offset * column.type.byte_width :]
+                pixels = pixels[: len(block) * column.type.byte_width].reshape(len(block), height, width, 3)
+                vectors[rows] = self.embedder.embed_pixels(pixels[rows])
+        else:
+            done = TOKENS_COLUMN
+            if len(rows):
+                vectors[rows] = self.embedder.embed_tokens(Tokens.from_arrow(block[TOKENS_COLUMN]).take(rows))
+        out = block.drop_columns([done]).append_column(EMBEDDING_COLUMN, embedding_array(vectors))
         self._report()
         return out
 

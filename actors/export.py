@@ -2,8 +2,9 @@
 
 fp32 comes from the model's own ONNX file, or is exported from its torch weights (dynamic batch and
 sequence axes). fp16 (for GPUs) and int8 (for CPUs) are derived from fp32 with onnxruntime's own
-tools. Each cache entry is a self-contained folder (model.onnx + tokenizer.json), so a worker that
-has the cache needs neither torch nor the weights package.
+tools. Each cache entry is a self-contained folder (model.onnx + tokenizer.json; a CLIP model's also
+image.onnx + preprocessor_config.json), so a worker that has the cache needs neither torch nor the
+weights package.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 
 from actors.cache import build_once
 from actors.catalog import ModelSpec
-from actors.model_files import ONNX_FILE, TOKENIZER_FILE, locate, location_key
+from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, locate, location_key
 
 log = logging.getLogger("rayembed")
 
@@ -38,26 +39,32 @@ def model_folder(spec: ModelSpec, precision: Precision) -> Path:
     return build_once(key, lambda tmp: _build(spec, precision, tmp))
 
 
+def _files(spec: ModelSpec) -> tuple[list[str], list[str]]:
+    """(ONNX graphs, other files) of a cache entry."""
+    if spec.modality == "clip":
+        return [ONNX_FILE, IMAGE_ONNX_FILE], [TOKENIZER_FILE, PREPROCESSOR_FILE]
+    return [ONNX_FILE], [TOKENIZER_FILE]
+
+
 def _build(spec: ModelSpec, precision: Precision, out: Path) -> None:
+    graphs, others = _files(spec)
+    source = locate(spec) if precision == "fp32" else model_folder(spec, "fp32")
+    for name in others:
+        shutil.copyfile(source / name, out / name)
     if precision == "fp32":
-        source = locate(spec)
-        shutil.copyfile(source / TOKENIZER_FILE, out / TOKENIZER_FILE)
-        if (source / ONNX_FILE).is_file():
-            shutil.copyfile(source / ONNX_FILE, out / ONNX_FILE)
+        if all((source / g).is_file() for g in graphs):
+            for g in graphs:
+                shutil.copyfile(source / g, out / g)
         else:
             log.info("exporting %s to ONNX from its torch weights (first use only)", spec.name)
-            export_torch(source, out / ONNX_FILE)
+            (export_clip if spec.modality == "clip" else export_torch)(source, out)
         return
-    fp32 = model_folder(spec, "fp32")
-    shutil.copyfile(fp32 / TOKENIZER_FILE, out / TOKENIZER_FILE)
     log.info("making the %s variant of %s", precision, spec.name)
-    if precision == "fp16":
-        to_fp16(fp32 / ONNX_FILE, out / ONNX_FILE)
-    else:
-        to_int8(fp32 / ONNX_FILE, out / ONNX_FILE)
+    for g in graphs:
+        (to_fp16 if precision == "fp16" else to_int8)(source / g, out / g)
 
 
-def export_torch(source: Path, target: Path) -> None:
+def export_torch(source: Path, out: Path) -> None:
     """Export a `transformers` encoder to ONNX: inputs as the tokenizer gives them, output the last hidden state."""
     import inspect
 
@@ -86,13 +93,50 @@ def export_torch(source: Path, target: Path) -> None:
         torch.onnx.export(
             LastHidden(),
             example,
-            str(target),
+            str(out / ONNX_FILE),
             input_names=names,
             output_names=["last_hidden_state"],
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+def export_clip(source: Path, out: Path) -> None:
+    """Export a `transformers` CLIP model as two graphs: text (ids, mask -> projected vector) and image
+    (pixel_values -> projected vector). Normalisation stays outside, as for text models."""
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(source, attn_implementation="eager").eval()
+
+    def features(output) -> torch.Tensor:  # transformers 5 returns an output object, 4 a tensor
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # a submodule, so the exporter sees its weights as weights
+
+    class Text(Tower):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+    class Image(Tower):
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return features(self.model.get_image_features(pixel_values=pixel_values))
+
+    size = model.config.vision_config.image_size
+    tokens = torch.ones((2, 8), dtype=torch.int64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Text(), (tokens, tokens), str(out / ONNX_FILE), input_names=["input_ids", "attention_mask"],
+                          output_names=["embeds"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                                        "embeds": {0: "batch"}})
+        torch.onnx.export(Image(), (torch.zeros((2, 3, size, size)),), str(out / IMAGE_ONNX_FILE), input_names=["pixel_values"],
+                          output_names=["embeds"], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"pixel_values": {0: "batch"}, "embeds": {0: "batch"}})
 
 
 def to_fp16(source: Path, target: Path) -> None:

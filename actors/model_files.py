@@ -11,7 +11,9 @@ from actors.cache import build_once
 from actors.catalog import ModelSpec
 
 TOKENIZER_FILE = "tokenizer.json"
-ONNX_FILE = "model.onnx"
+ONNX_FILE = "model.onnx"  # the text encoder (a CLIP model's text tower)
+IMAGE_ONNX_FILE = "image.onnx"  # a CLIP model's image tower
+PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -36,13 +38,16 @@ def location_key(location: str) -> str:
 
 
 def check_files(spec: ModelSpec, folder: Path) -> None:
-    if not (folder / TOKENIZER_FILE).is_file():
-        raise FileNotFoundError(f"model {spec.name!r}: {spec.model_location} has no {TOKENIZER_FILE}")
-    if (folder / ONNX_FILE).is_file():
+    needed = [TOKENIZER_FILE, PREPROCESSOR_FILE] if spec.modality == "clip" else [TOKENIZER_FILE]
+    for name in needed:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"model {spec.name!r}: {spec.model_location} has no {name}")
+    onnx = [ONNX_FILE, IMAGE_ONNX_FILE] if spec.modality == "clip" else [ONNX_FILE]
+    if all((folder / name).is_file() for name in onnx):
         return
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
-            f"model {spec.name!r}: {spec.model_location} has no {ONNX_FILE} and no config.json "
+            f"model {spec.name!r}: {spec.model_location} has no {' + '.join(onnx)} and no config.json "
             f"(give an ONNX file, or config.json + {' or '.join(WEIGHT_FILES)} to export)"
         )
     if not any((folder / w).is_file() for w in WEIGHT_FILES):

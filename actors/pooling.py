@@ -24,10 +24,16 @@ def last_token(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return hidden[np.arange(len(hidden)), last]
 
 
+def none(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The graph already gives [batch, dim] (a CLIP tower's projected output)."""
+    return hidden
+
+
 POOLERS: dict[Pooling, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mean": mean,
     "cls": cls,
     "last_token": last_token,
+    "none": none,
 }
 
 

@@ -71,7 +71,7 @@ class OnnxSession:
         if device.kind == "cuda" and self.device.kind == "cpu":
             log.warning(
                 "GPU %s was asked for but onnxruntime could not use it (providers available: %s); "
-                "running on CPU. Install onnxruntime-gpu (pip install 'rayembed[gpu]') on GPU nodes.",
+                "running on CPU. On GPU nodes swap onnxruntime for onnxruntime-gpu (README, section GPUs).",
                 device,
                 ", ".join(ort.get_available_providers()),
             )
@@ -90,3 +90,7 @@ class OnnxSession:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
         return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
+
+    def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """An image tower: float32 [n, 3, h, w] in, [n, dim] out."""
+        return self.session.run([self.output_name], {self.input_names[0]: pixel_values})[0]

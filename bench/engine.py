@@ -22,12 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 STSB = Path(os.environ.get("RAYEMBED_STSB", ROOT.parent / "shared" / "data" / "stsbenchmark"))
 
 
-def mixed_texts(n: int) -> list[str]:
+def stsb_sentences() -> list[str]:
+    """The STS-B test and dev sentences, in file order."""
     sentences = []
     for split in ("sts-test.csv", "sts-dev.csv"):
         for line in (STSB / split).read_text(encoding="utf-8").splitlines():
             fields = line.split("\t")
             sentences += [fields[5], fields[6]]
+    return sentences
+
+
+def mixed_texts(n: int) -> list[str]:
+    sentences = stsb_sentences()
     short = sentences[: n // 2]
     # Passages of 4 to 24 sentences (~50 to 300+ tokens): many reach the model's 256-token cap.
     long, i = [], 0

@@ -16,6 +16,9 @@ class JobConfig:
     model: ModelSpec
     id_column: str = "id"
     text_column: str = "text"
+    # With a CLIP model: the column of image bytes or paths/URIs to embed instead of text (an image
+    # folder as INPUT sets it to "image" and `id` to the path under the folder).
+    image_column: str | None = None
     keep: tuple[str, ...] = ()
     precision: str = "auto"
     kind: str = "passage"
@@ -35,3 +38,5 @@ class JobConfig:
             raise ValueError("--id-column and --text-column must name different columns")
         if self.rows_per_part <= 0:
             raise ValueError("--rows-per-part must be positive")
+        if self.image_column and self.model.modality != "clip":
+            raise ValueError(f"--image-column needs a CLIP model; {self.model.name} embeds text only")

@@ -15,14 +15,15 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import replace
 
 from actors.catalog import CATALOG, DEFAULT_MODEL, model_from_arg
 from actors.export import EXPORT_VERSION, PRECISIONS, model_folder
 from cluster.resources import CPU_STAGE_CPUS, PoolPlan
 from jobs.config import ROWS_PER_PART, JobConfig
 from jobs.sinks import OutputFolder
-from jobs.sources import columns_of, list_inputs
-from jobs.stages import missing_columns, read_and_tokenize, write_parts
+from jobs.sources import IMAGES, columns_of, list_inputs
+from jobs.stages import decode_images, missing_columns, read_and_tokenize, write_parts
 
 log = logging.getLogger("rayembed")
 
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--id-column", default="id", help="the column with row ids (default id)")
     parser.add_argument("--text-column", default="text", help="the column with the text to embed (default text)")
+    parser.add_argument("--image-column", help="with a CLIP model: the column of image bytes or image paths/URIs to embed "
+                        "instead of text (an INPUT folder of image files needs none)")
     parser.add_argument("--keep", nargs="+", default=[], metavar="COL", help="columns to copy through to the output")
     parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: fp16 on GPUs, fp32 on CPU")
     parser.add_argument("--kind", choices=["passage", "query"], default="passage", help="which prefix the model adds (e5-style models)")
@@ -67,6 +70,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         model=CATALOG.resolve(model_from_arg(args.model)),
         id_column=args.id_column,
         text_column=args.text_column,
+        image_column=args.image_column,
         keep=tuple(args.keep),
         precision=args.precision,
         kind=args.kind,
@@ -93,8 +97,10 @@ def run(config: JobConfig) -> dict:
     started = time.perf_counter()
     if config.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint  # before Ray starts: workers inherit it
-    files = list_inputs(config.input)
-    columns = columns_of(files[0].path)
+    files = list_inputs(config.input, images=config.model.modality == "clip")
+    if files[0].format == IMAGES:
+        config = replace(config, id_column="id", image_column="image", keep=())
+    columns = columns_of(files[0])
     missing = missing_columns(columns, config)
     if missing:
         raise ValueError(f"{files[0].path} has no column {missing}; its columns are {columns}")
@@ -150,9 +156,19 @@ def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, precision: str, sta
     from actors.device_actor import EmbedActor
 
     metadata = {b"rayembed": json.dumps(_model_metadata(config, precision)).encode()}
-    ds = ray.data.from_items([{"path": f.path, "key": f.key} for f in todo], override_num_blocks=len(todo))
+    ds = ray.data.from_items([{"path": f.path, "key": f.key, "format": f.format} for f in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(read_and_tokenize, batch_size=1, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
                         fn_kwargs={"config": config, "precision": precision})
+    # Ray Data joins what a task yields into blocks of up to 128 MiB, so one input file would reach a
+    # single actor as one block; parts of rows_per_part rows spread it over the whole pool (streaming).
+    ds = ds.repartition(target_num_rows_per_block=config.rows_per_part)
+    # Its tasks ask for 1 CPU (repartition takes no resource arguments), which a CPU-only node never
+    # has free beside an actor sized to the node: the job would wait forever. At the read's 0.25 CPU
+    # it fits, and Ray Data fuses it into the read task (no extra task, no copy).
+    ds._logical_plan.dag.ray_remote_args["num_cpus"] = CPU_STAGE_CPUS
+    if config.image_column:  # decode and crop in CPU tasks, ahead of the device
+        ds = ds.map_batches(decode_images, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
+                            fn_kwargs={"spec": config.model, "precision": precision})
     ds = ds.map_batches(
         EmbedActor,
         batch_size=config.rows_per_part,

@@ -24,15 +24,18 @@ import pyarrow.parquet as pq
 from actors import storage
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+# An image folder is one input: its rows are the image files (sorted), `id` their path under it.
+IMAGES = "images"
 # Columns the reader adds for rows it could not parse; dropped before output.
 LINE_ERROR = "__line_error"
 
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str  # local path or s3:// URI
+    path: str  # local path or s3:// URI (for an image folder: the folder or glob)
     key: str  # a stable, unique name for this file's outputs
-
+    format: str = ""  # a FORMATS value, or IMAGES
 
 def file_format(path: str) -> str:
     name = path.lower().removesuffix(".gz")
@@ -42,8 +45,21 @@ def file_format(path: str) -> str:
     raise ValueError(f"{path}: unknown format; inputs are {', '.join(sorted(FORMATS))} files (optionally .gz)")
 
 
-def list_inputs(source: str) -> list[InputFile]:
-    """The corpus files named by a file, a folder (searched recursively) or a glob."""
+def list_inputs(source: str, images: bool = False) -> list[InputFile]:
+    """The corpus files named by a file, a folder (searched recursively) or a glob. With `images`
+    (a CLIP model), a folder or glob holding image files and no corpus files is one image input."""
+    found, root = _find(source)
+    files = sorted(p for p in found if _is_corpus_file(p))
+    if not files and images and any(_is_image(p) for p in found):
+        return [InputFile(source, f"images-{hashlib.sha1(source.encode()).hexdigest()[:8]}", IMAGES)]
+    if not files:
+        looked = ", ".join(sorted(FORMATS)) + (" or image files" if images else "")
+        raise FileNotFoundError(f"no corpus files at {source} (looked for {looked}, optionally .gz)")
+    return [InputFile(p, file_key(p, root), file_format(p)) for p in files]
+
+
+def _find(source: str) -> tuple[list[str], str]:
+    """Every file under a file, folder or glob, local or s3://, and the root their keys are relative to."""
     if storage.is_s3(source):
         fs = storage.s3_filesystem()
         bare = source[len("s3://") :].rstrip("/")
@@ -65,10 +81,20 @@ def list_inputs(source: str) -> list[InputFile]:
         else:
             paths = [source] if Path(source).is_file() else []
             root = str(Path(source).parent)
-    files = sorted(p for p in paths if _is_corpus_file(p))
-    if not files:
-        raise FileNotFoundError(f"no corpus files at {source} (looked for {', '.join(sorted(FORMATS))}, optionally .gz)")
-    return [InputFile(p, file_key(p, root)) for p in files]
+    return paths, root
+
+
+def _is_image(path: str) -> bool:
+    name = PurePosixPath(path).name
+    return not name.startswith(("_", ".")) and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def list_images(source: str) -> pa.Table:
+    """An image folder as rows: `id` (the path under the folder) and `image` (where to read it), sorted."""
+    found, root = _find(source)
+    paths = sorted(p for p in found if _is_image(p))
+    ids = [p[len(root):].lstrip("/") if p.startswith(root) else PurePosixPath(p).name for p in paths]
+    return pa.table({"id": pa.array(ids, pa.string()), "image": pa.array(paths, pa.string())})
 
 
 def _is_corpus_file(path: str) -> bool:
@@ -95,10 +121,17 @@ def open_binary(path: str):
     return open(path, "rb")
 
 
-def read_table(path: str, text_column: str) -> pa.Table:
+def read_bytes(path: str) -> bytes:
+    with open_binary(path) as raw:
+        return raw.read()
+
+
+def read_table(path: str, text_column: str, fmt: str = "") -> pa.Table:
     """The whole file as an Arrow table. The text column is read as bytes where the format allows, so
     that invalid UTF-8 fails one row (in tokenisation) instead of the file."""
-    fmt = file_format(path)
+    fmt = fmt or file_format(path)
+    if fmt == IMAGES:
+        return list_images(path)
     with open_binary(path) as raw:
         data = raw.read()
     if path.lower().endswith(".gz"):
@@ -147,9 +180,11 @@ def _array(values: list) -> pa.Array:
         return pa.array([v if v is None or isinstance(v, str) else json.dumps(v) for v in values], pa.string())
 
 
-def columns_of(path: str) -> list[str]:
+def columns_of(file: InputFile) -> list[str]:
     """Column names of a corpus file, cheaply where the format allows (Parquet: the footer only)."""
-    if file_format(path) == "parquet" and not path.endswith(".gz"):
-        with open_binary(path) as fh:
+    if file.format == IMAGES:
+        return ["id", "image"]
+    if file.format == "parquet" and not file.path.endswith(".gz"):
+        with open_binary(file.path) as fh:
             return pq.ParquetFile(fh).schema_arrow.names
-    return read_table(path, "").column_names
+    return read_table(file.path, "", file.format).column_names

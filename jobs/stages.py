@@ -1,4 +1,4 @@
-"""The CPU stages around the device actors: read + tokenise before, write after.
+"""The CPU stages around the device actors: read + tokenise (or read + decode images) before, write after.
 
 Each is a plain function Ray Data runs as tasks on Arrow blocks, so they scale with the cluster's
 CPUs and run ahead of the device actors, which only see token ids.
@@ -13,17 +13,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from actors import images
 from actors.catalog import ModelSpec
-from actors.device_actor import ERROR_COLUMN, TOKENS_COLUMN, TRUNCATED_COLUMN
+from actors.device_actor import ERROR_COLUMN, PIXELS_COLUMN, TOKENS_COLUMN, TRUNCATED_COLUMN
 from actors.export import model_folder
-from actors.model_files import TOKENIZER_FILE
+from actors.model_files import PREPROCESSOR_FILE, TOKENIZER_FILE
 from actors.tokenize import Tokenizer
 from jobs.config import JobConfig
 from jobs.sinks import OutputFolder
-from jobs.sources import LINE_ERROR, read_table
+from jobs.sources import LINE_ERROR, read_bytes, read_table
 
 # Bookkeeping columns that travel with each row between stages and are dropped on output.
 KEY, ROW, ROWS, INPUT = "__key", "__row", "__rows", "__input"
+IMAGE_SOURCE = "__image"  # an image's bytes, or the path/URI to read them from, until decoded
 ERROR_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("input", pa.string()), ("row", pa.int64())])
 
 
@@ -33,21 +35,74 @@ def _tokenizer(spec: ModelSpec, precision: str) -> Tokenizer:
 
 
 def missing_columns(columns: list[str], config: JobConfig) -> list[str]:
-    return [c for c in (config.id_column, config.text_column, *config.keep) if c not in columns]
+    return [c for c in (config.id_column, config.image_column or config.text_column, *config.keep) if c not in columns]
 
 
 def read_and_tokenize(files: pa.Table, config: JobConfig, precision: str) -> Iterator[pa.Table]:
-    """For each input file: blocks of rows with token ids, and a reason for every bad row."""
+    """For each input file: blocks of rows with token ids (or, for images, their sources), and a
+    reason for every bad row."""
     tokenizer = _tokenizer(config.model, precision)
-    for path, key in zip(files["path"].to_pylist(), files["key"].to_pylist()):
-        table = read_table(path, config.text_column)
+    for path, key, fmt in zip(files["path"].to_pylist(), files["key"].to_pylist(), files["format"].to_pylist()):
+        table = read_table(path, config.text_column, fmt)
         if LINE_ERROR not in table.column_names:
             missing = missing_columns(table.column_names, config)
             if missing:
                 raise ValueError(f"{path} has no column {missing}; its columns are {table.column_names}")
         for start in range(0, table.num_rows, config.rows_per_part):
             chunk = table.slice(start, config.rows_per_part)
-            yield _tokenize_chunk(chunk, tokenizer, config, path, key, start, table.num_rows)
+            if config.image_column:
+                yield _image_chunk(chunk, config, path, key, start, table.num_rows)
+            else:
+                yield _tokenize_chunk(chunk, tokenizer, config, path, key, start, table.num_rows)
+
+
+def _image_chunk(chunk: pa.Table, config: JobConfig, path: str, key: str, start: int, total: int) -> pa.Table:
+    n = chunk.num_rows
+    ids, sources = _column(chunk, config.id_column), _column(chunk, config.image_column)
+    errors = np.full(n, None, dtype=object)
+    errors[pc.is_null(sources).to_numpy(zero_copy_only=False)] = "no image"
+    errors[pc.is_null(ids).to_numpy(zero_copy_only=False)] = "null id"
+    return pa.table({
+        KEY: pa.array([key] * n, pa.string()),
+        INPUT: pa.array([path] * n, pa.string()),
+        ROW: pa.array(np.arange(start, start + n, dtype=np.int64)),
+        ROWS: pa.array(np.full(n, total, dtype=np.int64)),
+        "id": ids,
+        **{c: _column(chunk, c) for c in config.keep},
+        IMAGE_SOURCE: sources,
+        TRUNCATED_COLUMN: pa.array(np.zeros(n, dtype=bool)),
+        ERROR_COLUMN: pa.array(errors, pa.string()),
+    })
+
+
+def decode_images(block: pa.Table, spec: ModelSpec, precision: str) -> pa.Table:
+    """Read (bytes, a local path or s3://), decode, resize and crop each image: uint8 pixels for the
+    device, or a reason in `error` for an image that can't be had."""
+    config = _image_config(spec, precision)
+    errors = block[ERROR_COLUMN].to_pylist()
+    blobs = []
+    for i, source in enumerate(block[IMAGE_SOURCE].to_pylist()):
+        if errors[i] is None and isinstance(source, str):
+            try:
+                source = read_bytes(source)
+            except OSError as e:
+                errors[i], source = f"cannot read {source}: {e}", None
+        blobs.append(source if errors[i] is None else None)
+    wanted = [i for i, e in enumerate(errors) if e is None]
+    pixels, rows, bad = images.prepare([blobs[i] for i in wanted], config)
+    for j, reason in bad:
+        errors[wanted[j]] = reason
+    width = config.crop[0] * config.crop[1] * 3
+    flat = np.zeros((block.num_rows, width), dtype=np.uint8)
+    flat[np.asarray(wanted, dtype=np.int64)[rows]] = pixels.reshape(len(rows), width)
+    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), block.num_rows, [None, pa.py_buffer(flat)])
+    out = block.drop_columns([IMAGE_SOURCE, ERROR_COLUMN])
+    return out.append_column(PIXELS_COLUMN, column).append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
+
+
+@functools.lru_cache(maxsize=4)
+def _image_config(spec: ModelSpec, precision: str) -> images.ImageConfig:
+    return images.ImageConfig.from_file(model_folder(spec, precision) / PREPROCESSOR_FILE)
 
 
 def _tokenize_chunk(chunk: pa.Table, tokenizer: Tokenizer, config: JobConfig, path: str, key: str, start: int, total: int) -> pa.Table:

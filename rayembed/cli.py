@@ -144,8 +144,9 @@ def _models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([vars(s) | {"aliases": list(s.aliases)} for s in specs], indent=2))
         return 0
-    header = ("name", "dim", "tokens", "pooling", "norm", "licence", "aliases")
-    rows = [(s.name, str(s.dimensions), str(s.max_tokens), s.pooling, "yes" if s.normalize else "no", s.licence, ", ".join(s.aliases)) for s in specs]
+    header = ("name", "type", "dim", "tokens", "pooling", "norm", "licence", "aliases")
+    rows = [(s.name, s.modality if s.model_location else f"{s.modality} (give model_location)", str(s.dimensions),
+             str(s.max_tokens), s.pooling, "yes" if s.normalize else "no", s.licence, ", ".join(s.aliases)) for s in specs]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

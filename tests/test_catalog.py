@@ -95,6 +95,8 @@ def test_models_command_lists_the_catalogue(capsys):
     from rayembed.cli import main
 
     assert main(["models", "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
-    assert listed[0]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert listed[0]["dimensions"] == 384 and listed[0]["licence"] == "Apache-2.0"
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    minilm = listed["sentence-transformers/all-MiniLM-L6-v2"]
+    assert minilm["dimensions"] == 384 and minilm["licence"] == "Apache-2.0" and minilm["modality"] == "text"
+    clip = listed["openai/clip-vit-base-patch32"]
+    assert clip["modality"] == "clip" and "ViT-B/32" in clip["aliases"] and clip["model_location"] == ""

@@ -1,8 +1,10 @@
 """The rayembed command, as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +45,14 @@ def test_every_command_has_help(command):
 def test_the_job_module_has_help():
     done = subprocess.run([sys.executable, "-m", "jobs.embed_corpus", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--gpus-per-actor" in done.stdout and "--resume" in done.stdout
+
+
+def test_embed_runs_the_readme_job_on_an_embedded_ray(tmp_path):
+    """The README's main command: its own embedded Ray sized to this machine (2 CPUs in CI), where the
+    embedding actor takes all but the CPU stages' share, so every stage must fit beside it."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "rayembed", "embed", "examples/stsb-corpus", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["counts"] == {"rows_in": 5385, "embedded": 5385, "errors": 0, "truncated": 0}

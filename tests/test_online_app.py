@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -211,9 +212,50 @@ def test_a_killed_replica_is_replaced(base_url):
     ray.kill(ray.get_actor(replicas[0].name, namespace="serve"), no_restart=True)
     deadline, status = time.monotonic() + 120, 0
     while time.monotonic() < deadline:
-        status = post(url, {"model": MODEL, "input": "after"})[0]
+        try:  # until the new replica is up, HAProxy may answer 503 with a page of its own, or close
+            status = post(url, {"model": MODEL, "input": "after"})[0]
+        except (OSError, http.client.HTTPException, ValueError):
+            status = 0
         if status == 200:
             break
         time.sleep(1)
     assert status == 200
     serve.delete("fragile")
+
+
+def test_clip_model_serves_images_and_text_in_one_space(base_url, random_clip, sample_images, tmp_path):
+    from ray import serve
+
+    from rayembed import Embedder
+
+    served = tmp_path / "served-images"
+    served.mkdir()
+    (served / "plot.png").write_bytes(sample_images["plot.png"])
+    outside = tmp_path / "private.png"
+    outside.write_bytes(sample_images["plot.png"])
+    args = {"models": [{"model": random_clip["spec"], "precision": "fp32"}], "image_roots": [str(served)]}
+    serve.run(EmbeddingsAPI.options(ray_actor_options={"num_cpus": 0}).bind(args), name="clip", route_prefix="/clip")
+    client = OpenAI(base_url=f"{base_url}/clip/v1", api_key="unused", max_retries=0)
+    data_url = "data:image/jpeg;base64," + base64.b64encode(sample_images["shapes.jpg"]).decode()
+    response = client.embeddings.create(model="random-clip", encoding_format="float",
+                                        input=[data_url, "a red circle and a blue square", str(served / "plot.png")])
+    got = np.array([d.embedding for d in response.data])
+    engine = Embedder(random_clip["spec"], precision="fp32")
+    expected = np.vstack([engine.embed_images([sample_images["shapes.jpg"]]), engine.embed(["a red circle and a blue square"]),
+                          engine.embed_images([sample_images["plot.png"]])])
+    assert (got * expected).sum(axis=1).min() >= 0.9999  # the offline engine's vectors, images and text alike
+    assert response.usage.prompt_tokens > 0
+
+    url = f"{base_url}/clip/v1/embeddings"
+    item = {"type": "image_url", "image_url": {"url": data_url}}
+    assert post(url, {"model": "random-clip", "input": [item]})[0] == 200
+    status, body = post(url, {"model": "random-clip", "input": [{"type": "image_url", "image_url": {"url": str(outside)}}]})
+    assert status == 403 and "image_roots" not in body["error"]["message"] and str(served) in body["error"]["message"]
+    traversal = str(served / ".." / "private.png")
+    assert post(url, {"model": "random-clip", "input": [{"type": "image_url", "image_url": {"url": traversal}}]})[0] == 403
+    status, body = post(url, {"model": "random-clip", "input": ["data:image/png;base64," + base64.b64encode(b"junk").decode()]})
+    assert status == 400 and "cannot decode" in body["error"]["message"]
+    small = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": [small]})
+    assert status == 400 and "CLIP" in body["error"]["message"]
+    serve.delete("clip")
