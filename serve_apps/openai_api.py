@@ -1,10 +1,10 @@
 """The online app: an OpenAI-compatible `/v1/embeddings` on Ray Serve, over the same engine as the job.
 
-One deployment is both the HTTP ingress and the engine host. A CLIP model also takes images, as
-{"type": "image_url", "image_url": {"url": ...}} items or data:image URLs (paths only under the
-configured image_roots), embedded into the same space as its text. Each served model has its own `serve.batch` queue: requests that arrive together are
-tokenised and embedded as one token-packed batch, on a worker thread so the event loop keeps taking
-requests while the device works.
+One deployment is both the HTTP ingress and the engine host. Each served model has its own
+`serve.batch` queue: requests that arrive together are tokenised and embedded as one token-packed
+batch, on a worker thread so the event loop keeps taking requests while the device works. A CLIP
+model also takes images, as {"type": "image_url", "image_url": {"url": ...}} items or data:image
+URLs (paths only under the configured image_roots), embedded into the same space as its text.
 
     serve run serve_apps/config.yaml          # or: rayembed serve
 """
@@ -34,6 +34,7 @@ from actors.embedder import Embedder
 from actors.tokenize import Tokens, check_text
 from cluster.autoscaling import serve_autoscaling_config
 from jobs.sources import read_bytes
+
 
 class ServedModel(BaseModel):
     """One model the app serves, and how its requests are batched."""
@@ -65,6 +66,8 @@ class ImageRefused(ValueError):
 
 def image_bytes(url: str, roots: list[str]) -> bytes:
     """An image's bytes from a `data:image/...;base64,` URL, or a path/URI under one of `roots`."""
+    if not url:
+        raise ValueError("an image_url needs a url")
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
         if not header.startswith("data:image/") or not header.endswith(";base64"):
@@ -74,7 +77,7 @@ def image_bytes(url: str, roots: list[str]) -> bytes:
         except binascii.Error:
             raise ValueError("the data URL's base64 is invalid") from None
     if storage.is_s3(url):
-        allowed = any(url.startswith(r.rstrip("/") + "/") for r in roots if storage.is_s3(r)) and "/../" not in url
+        allowed = any(url.startswith(r.rstrip("/") + "/") for r in roots if storage.is_s3(r)) and ".." not in url.split("/")
     else:
         url = url.removeprefix("file://")
         real = os.path.realpath(url)  # links and .. resolved before the check
@@ -272,7 +275,7 @@ class EmbeddingsAPI:
         dimensions = payload.get("dimensions")
         if dimensions is not None and (not isinstance(dimensions, int) or not 1 <= dimensions <= embedder.dimensions):
             return openai_error(400, f"'dimensions' must be an integer from 1 to {embedder.dimensions} for {name}", param="dimensions")
-        vectors = np.empty((len(items), dimensions or embedder.dimensions), dtype=np.float32)
+        image_vectors = text_vectors = None
         tokens = truncated = 0
         if urls:
             try:
@@ -281,11 +284,16 @@ class EmbeddingsAPI:
                 return openai_error(403, str(e), param="input", code="image_not_allowed")
             except ValueError as e:
                 return openai_error(400, str(e), param="input")
-            vectors[image_rows] = await self.image_batchers[name](_ImageJob(pixels, dimensions))
+            image_vectors = await self.image_batchers[name](_ImageJob(pixels, dimensions))
         if texts:
             tokenized = embedder.tokenize(texts)
-            vectors[text_rows] = await self.batchers[name](_Job(tokenized.tokens, dimensions))
+            text_vectors = await self.batchers[name](_Job(tokenized.tokens, dimensions))
             tokens, truncated = int(tokenized.tokens.offsets[-1]), int(tokenized.tokens.truncated.sum())
+        if image_vectors is None or text_vectors is None:  # one kind of input: already in request order
+            vectors = text_vectors if image_vectors is None else image_vectors
+        else:
+            vectors = np.empty((len(items), text_vectors.shape[1]), dtype=np.float32)
+            vectors[image_rows], vectors[text_rows] = image_vectors, text_vectors
         if encoding == "base64":
             data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()}
                     for i, v in enumerate(vectors)]
