@@ -63,16 +63,24 @@ def _image_chunk(chunk: pa.Table, config: JobConfig, path: str, key: str, start:
     errors[pc.is_null(sources).to_numpy(zero_copy_only=False)] = "no image"
     errors[pc.is_null(ids).to_numpy(zero_copy_only=False)] = "null id"
     return pa.table({
-        KEY: pa.array([key] * n, pa.string()),
-        INPUT: pa.array([path] * n, pa.string()),
-        ROW: pa.array(np.arange(start, start + n, dtype=np.int64)),
-        ROWS: pa.array(np.full(n, total, dtype=np.int64)),
-        "id": ids,
-        **{c: _column(chunk, c) for c in config.keep},
+        **_row_columns(chunk, config, path, key, start, total),
         IMAGE_SOURCE: sources,
         TRUNCATED_COLUMN: pa.array(np.zeros(n, dtype=bool)),
         ERROR_COLUMN: pa.array(errors, pa.string()),
     })
+
+
+def _row_columns(chunk: pa.Table, config: JobConfig, path: str, key: str, start: int, total: int) -> dict[str, pa.Array]:
+    """Where each row came from (input, key, row number, the input's row count), its id and kept columns."""
+    n = chunk.num_rows
+    return {
+        KEY: pa.repeat(pa.scalar(key, pa.string()), n),
+        INPUT: pa.repeat(pa.scalar(path, pa.string()), n),
+        ROW: pa.array(np.arange(start, start + n, dtype=np.int64)),
+        ROWS: pa.array(np.full(n, total, dtype=np.int64)),
+        "id": _column(chunk, config.id_column),
+        **{c: _column(chunk, c) for c in config.keep},
+    }
 
 
 def decode_images(block: pa.Table, spec: ModelSpec, precision: str) -> pa.Table:
@@ -125,12 +133,7 @@ def _tokenize_chunk(chunk: pa.Table, tokenizer: Tokenizer, config: JobConfig, pa
     truncated = np.zeros(n, dtype=bool)
     truncated[tokenized.rows] = tokenized.tokens.truncated
     columns = {
-        KEY: pa.array([key] * n, pa.string()),
-        INPUT: pa.array([path] * n, pa.string()),
-        ROW: pa.array(np.arange(start, start + n, dtype=np.int64)),
-        ROWS: pa.array(np.full(n, total, dtype=np.int64)),
-        "id": ids,
-        **{c: _column(chunk, c) for c in config.keep},
+        **_row_columns(chunk, config, path, key, start, total),
         TOKENS_COLUMN: pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokenized.tokens.ids)),
         TRUNCATED_COLUMN: pa.array(truncated),
         ERROR_COLUMN: pa.array(errors, pa.string()),
