@@ -35,7 +35,8 @@ LINE_ERROR = "__line_error"
 class InputFile:
     path: str  # local path or s3:// URI (for an image folder: the folder or glob)
     key: str  # a stable, unique name for this file's outputs
-    format: str = ""  # a FORMATS value, or IMAGES
+    format: str  # a FORMATS value, or IMAGES
+
 
 def file_format(path: str) -> str:
     name = path.lower().removesuffix(".gz")
@@ -126,14 +127,12 @@ def read_bytes(path: str) -> bytes:
         return raw.read()
 
 
-def read_table(path: str, text_column: str, fmt: str = "") -> pa.Table:
+def read_table(path: str, text_column: str, fmt: str) -> pa.Table:
     """The whole file as an Arrow table. The text column is read as bytes where the format allows, so
     that invalid UTF-8 fails one row (in tokenisation) instead of the file."""
-    fmt = fmt or file_format(path)
     if fmt == IMAGES:
         return list_images(path)
-    with open_binary(path) as raw:
-        data = raw.read()
+    data = read_bytes(path)
     if path.lower().endswith(".gz"):
         data = gzip.decompress(data)
     if fmt == "parquet":
