@@ -18,7 +18,7 @@ from typing import Literal
 
 from actors.cache import build_once
 from actors.catalog import ModelSpec
-from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, locate, location_key
+from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, locate, location_key, model_files
 
 log = logging.getLogger("rayembed")
 
@@ -39,15 +39,8 @@ def model_folder(spec: ModelSpec, precision: Precision) -> Path:
     return build_once(key, lambda tmp: _build(spec, precision, tmp))
 
 
-def _files(spec: ModelSpec) -> tuple[list[str], list[str]]:
-    """(ONNX graphs, other files) of a cache entry."""
-    if spec.modality == "clip":
-        return [ONNX_FILE, IMAGE_ONNX_FILE], [TOKENIZER_FILE, PREPROCESSOR_FILE]
-    return [ONNX_FILE], [TOKENIZER_FILE]
-
-
 def _build(spec: ModelSpec, precision: Precision, out: Path) -> None:
-    graphs, others = _files(spec)
+    graphs, others = model_files(spec)
     source = locate(spec) if precision == "fp32" else model_folder(spec, "fp32")
     for name in others:
         shutil.copyfile(source / name, out / name)

@@ -37,12 +37,19 @@ def location_key(location: str) -> str:
     return hashlib.sha256(location.encode()).hexdigest()[:16]
 
 
+def model_files(spec: ModelSpec) -> tuple[list[str], list[str]]:
+    """(ONNX graphs, other files) a model's ready folder holds: its source when given as ONNX, and
+    each cache entry."""
+    if spec.modality == "clip":
+        return [ONNX_FILE, IMAGE_ONNX_FILE], [TOKENIZER_FILE, PREPROCESSOR_FILE]
+    return [ONNX_FILE], [TOKENIZER_FILE]
+
+
 def check_files(spec: ModelSpec, folder: Path) -> None:
-    needed = [TOKENIZER_FILE, PREPROCESSOR_FILE] if spec.modality == "clip" else [TOKENIZER_FILE]
+    onnx, needed = model_files(spec)
     for name in needed:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"model {spec.name!r}: {spec.model_location} has no {name}")
-    onnx = [ONNX_FILE, IMAGE_ONNX_FILE] if spec.modality == "clip" else [ONNX_FILE]
     if all((folder / name).is_file() for name in onnx):
         return
     if not (folder / "config.json").is_file():
