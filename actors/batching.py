@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from actors.errors import UserError
+
 
 def pack_by_tokens(lengths: np.ndarray, budget: int, max_rows: int) -> list[np.ndarray]:
     """Row indices of each batch; together they cover every row once."""
     if budget <= 0 or max_rows <= 0:
-        raise ValueError("the token budget and max rows per batch must be positive")
+        raise UserError("the device batch token budget and max rows per batch must be positive")
     order = np.argsort(-lengths, kind="stable")
     batches = []
     start = 0

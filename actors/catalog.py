@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from actors.errors import NotFound, UnknownName, UserError
 
 # "none": the graph already gives one vector per row (a CLIP tower's projection).
 Pooling = Literal["mean", "cls", "last_token", "none"]
-POOLINGS: tuple[str, ...] = ("mean", "cls", "last_token", "none")
-Kind = Literal["passage", "query"]
-# "text": a text encoder. "clip": a dual encoder, an image tower and a text tower in one space.
-Modality = Literal["text", "clip"]
-MODALITIES: tuple[str, ...] = ("text", "clip")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+# Which side of a retrieval pair a text is: it picks the model's prefix (e5: "query: " / "passage: ").
+InputType = Literal["passage", "query"]
+INPUT_TYPES: tuple[str, ...] = get_args(InputType)
+# "encoder": one text encoder. "clip": a dual encoder, an image tower and a text tower in one space.
+Architecture = Literal["encoder", "clip"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+# The names users' model properties had before `architecture` (Marqo's "modality": "clip").
+_MODALITY_ALIASES = {"text": "encoder", "clip": "clip"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class ModelSpec:
     # CLIP model's also preprocessor_config.json, and image.onnx beside model.onnx (the text tower).
     # Empty only in catalogue entries whose weights can't be had here: the user gives the location.
     model_location: str = ""
-    modality: Modality = "text"
+    architecture: Architecture = "encoder"
     aliases: tuple[str, ...] = ()
     query_prefix: str = ""
     passage_prefix: str = ""
@@ -45,36 +51,44 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ValueError("a model needs a name")
+            raise UserError("a model needs a name")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"model {self.name!r}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.modality not in MODALITIES:
-            raise ValueError(f"model {self.name!r}: modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+            raise UserError(f"model {self.name!r}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise UserError(f"model {self.name!r}: architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
         if self.dimensions <= 0 or self.max_tokens <= 0:
-            raise ValueError(f"model {self.name!r}: dimensions and max_tokens must be positive")
+            raise UserError(f"model {self.name!r}: dimensions and max_tokens must be positive")
 
-    def prefix(self, kind: Kind) -> str:
-        if kind not in ("passage", "query"):
-            raise ValueError(f"kind must be 'passage' or 'query', got {kind!r}")
-        return self.query_prefix if kind == "query" else self.passage_prefix
+    @property
+    def is_clip(self) -> bool:
+        return self.architecture == "clip"
+
+    def prefix(self, input_type: InputType) -> str:
+        if input_type not in INPUT_TYPES:
+            raise UserError(f"input_type must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}")
+        return self.query_prefix if input_type == "query" else self.passage_prefix
 
     @classmethod
     def from_properties(cls, props: dict[str, Any]) -> ModelSpec:
         """A custom model from Marqo-style properties.
 
         Keys: name, dimensions, tokens (or max_tokens), pooling, normalize, model_location, and
-        optionally modality (text or clip), aliases, query_prefix, passage_prefix, licence, description.
+        optionally architecture (encoder or clip; Marqo's `modality` is taken too), aliases,
+        query_prefix, passage_prefix, licence, description.
         """
         props = dict(props)
         if "tokens" in props:
             props["max_tokens"] = props.pop("tokens")
+        if "modality" in props:
+            modality = props.pop("modality")
+            props.setdefault("architecture", _MODALITY_ALIASES.get(modality, modality))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(props) - known)
         if unknown:
-            raise ValueError(f"unknown model properties {unknown}; known: {sorted(known | {'tokens'})}")
+            raise UserError(f"unknown model properties {unknown}; known: {sorted(known | {'tokens'})}")
         missing = [k for k in ("name", "dimensions", "max_tokens", "model_location") if k not in props]
         if missing:
-            raise ValueError(f"custom model properties lack {missing} (tokens is the max token count)")
+            raise UserError(f"custom model properties lack {missing} (tokens is the max token count)")
         props["aliases"] = tuple(props.get("aliases", ()))
         props["dimensions"] = int(props["dimensions"])
         props["max_tokens"] = int(props["max_tokens"])
@@ -101,7 +115,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
 
 
 def _clip(name: str, dimensions: int, aliases: tuple[str, ...], description: str) -> ModelSpec:
-    return ModelSpec(name=name, dimensions=dimensions, max_tokens=77, pooling="none", normalize=True, modality="clip",
+    return ModelSpec(name=name, dimensions=dimensions, max_tokens=77, pooling="none", normalize=True, architecture="clip",
                      aliases=aliases, licence="MIT", description=description)
 
 
@@ -134,7 +148,7 @@ class Catalog:
         for key in (spec.name, *spec.aliases):
             owner = self._by_key().get(key.lower())
             if owner is not None and owner.name != spec.name:
-                raise ValueError(f"model name {key!r} is already taken by {owner.name!r}")
+                raise UserError(f"model name {key!r} is already taken by {owner.name!r}")
         self.models[spec.name] = spec
         return spec
 
@@ -156,12 +170,12 @@ class Catalog:
         else:
             spec = self._by_key().get(model.lower())
             if spec is None:
-                raise KeyError(
+                raise UnknownName(
                     f"unknown model {model!r}; known models: {', '.join(self.names())}. A custom model is given by "
                     "properties (name, dimensions, tokens, pooling, normalize, model_location)."
                 )
         if not spec.model_location:
-            raise ValueError(
+            raise UserError(
                 f"model {spec.name!r} has no weights that can be fetched here: give its files as model_location, "
                 f'e.g. {{"name": "{spec.name}", "model_location": "s3://bucket/{spec.name.split("/")[-1]}/"}}: a folder '
                 "with a transformers CLIP model (config.json, model.safetensors, tokenizer.json, preprocessor_config.json) "
@@ -181,11 +195,16 @@ class Catalog:
 
 def model_from_arg(value: str) -> str | dict[str, Any]:
     """A command-line `--model`: a catalogue name, custom properties as JSON, or a .json file holding them."""
-    if value.lstrip().startswith("{"):
-        return json.loads(value)
-    if value.endswith(".json"):
-        with open(value) as fh:
-            return json.load(fh)
+    try:
+        if value.lstrip().startswith("{"):
+            return json.loads(value)
+        if value.endswith(".json"):
+            with open(value) as fh:
+                return json.load(fh)
+    except FileNotFoundError:
+        raise NotFound(f"--model {value}: no such file") from None
+    except ValueError as e:
+        raise UserError(f"--model {value}: not valid JSON ({e})") from None
     return value
 
 

@@ -12,37 +12,31 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from actors import images, pooling
 from actors.batching import pack_by_tokens
-from actors.catalog import CATALOG, DEFAULT_MODEL, Kind, ModelSpec
-from actors.export import PRECISIONS, Precision, model_folder
-from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE
-from actors.session import Device, OnnxSession, parse_device
+from actors.catalog import CATALOG, DEFAULT_MODEL, InputType, ModelSpec
+from actors.devices import Backend, Device, Precision, choose_engine, cuda_usable, gpu_fallback, parse_device
+from actors.errors import UserError
+from actors.export import model_folder
+from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, has_torch_weights, locate
 from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens
 
 log = logging.getLogger("rayembed")
 
-# Tokens and rows per batch, by device. On CPU large batches lose to cache misses (a sweep on 2
+# Padded tokens and rows per device run, by device. On CPU large batches lose to cache misses (a sweep on 2
 # cores: 1-4k tokens best for fp32 and int8, 16k 20% slower), and batches of at most 16 rows were
 # 30% faster than 64 on short sentences and 5% on mixed texts (8 was slower again: fixed cost per
-# run). A GPU wants large batches to stay busy.
-BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
-MAX_BATCH_ROWS = {"cpu": 16, "cuda": 512}
+# run). A GPU wants large batches to stay busy, short texts too (bench/gpu.py sweeps both).
+DEVICE_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
+MAX_BATCH_ROWS = {"cpu": 16, "cuda": 4096}
 IMAGES_PER_BATCH = {"cpu": 8, "cuda": 256}
-
-
-def resolve_precision(precision: str, device: Device) -> Precision:
-    """`auto` is fp16 on a GPU and fp32 on CPU (fp16 kernels on CPU are slow; int8 is the CPU speed-up)."""
-    if precision == "auto":
-        return "fp16" if device.kind == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -62,9 +56,22 @@ class Stats:
 
     rows: int = 0
     tokens: int = 0
-    padded_tokens: int = 0
+    padded_tokens: int = 0  # tokens the device ran, padding included: padded / tokens is the waste
     batches: int = 0
     seconds: float = 0.0
+
+
+def settle(spec: ModelSpec, backend: str, precision: str, device: Device | str) -> tuple[Backend, Precision, Path]:
+    """The backend and precision that run `spec` on this kind of device (either may be asked as
+    `auto`: actors.devices.AUTO_TABLE), and the folder their files come from: the ONNX export for
+    onnx, the model's own folder for torch. The job settles once on its driver; an Embedder on its device."""
+    chosen, chosen_precision = choose_engine(backend, precision, device)
+    if chosen == "torch":
+        source = locate(spec)
+        if has_torch_weights(source):
+            return chosen, chosen_precision, source
+        chosen, chosen_precision = choose_engine(backend, precision, device, torch_weights=False)
+    return chosen, chosen_precision, model_folder(spec, chosen_precision)
 
 
 class Embedder:
@@ -80,29 +87,42 @@ class Embedder:
         precision: str = "auto",
         device: str | Device = "auto",
         threads: int | None = None,
-        batch_tokens: int | None = None,
+        device_batch_tokens: int | None = None,
         tensorrt: bool = False,
+        backend: str = "auto",
     ) -> None:
         self.spec = CATALOG.resolve(model)
         requested = parse_device(device)
-        self.precision = resolve_precision(precision, requested)
-        folder = model_folder(self.spec, self.precision)
+        if requested.type == "cuda" and not (cuda_usable() or _onnx_cuda_listed()):
+            requested = gpu_fallback(requested, "cpu", "neither torch nor onnxruntime sees a CUDA device")
+        self.backend, self.precision, folder = settle(self.spec, backend, precision, requested)
         self.tokenizer = Tokenizer(self.spec, folder / TOKENIZER_FILE)
-        self.session = OnnxSession(folder / ONNX_FILE, requested, threads=threads, tensorrt=tensorrt)
+        if self.backend == "torch":
+            from actors.torch_backend import TorchSession
+
+            self.session = TorchSession(folder, self.spec, requested, self.precision, threads=threads)
+        else:
+            from actors.onnx_backend import OnnxSession
+
+            self.session = OnnxSession(folder / ONNX_FILE, requested, threads=threads, tensorrt=tensorrt)
         self.device = self.session.device
-        self.batch_tokens = batch_tokens or BATCH_TOKENS[self.device.kind]
+        self.device_batch_tokens = device_batch_tokens or DEVICE_BATCH_TOKENS[self.device.type]
         self.stats = Stats()
-        self.image_session: OnnxSession | None = None
-        if self.spec.modality == "clip":
-            self.image_session = OnnxSession(folder / IMAGE_ONNX_FILE, requested, threads=threads, tensorrt=tensorrt)
+        # On a GPU the next batch is padded on a CPU thread while one runs; on CPU that thread would
+        # only take cores from the run.
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="rayembed-pad") if self.device.type == "cuda" else None
+        self.image_session = None
+        if self.spec.is_clip:
+            self.image_session = self.session if self.backend == "torch" else \
+                OnnxSession(folder / IMAGE_ONNX_FILE, requested, threads=threads, tensorrt=tensorrt)
             self.image_config = images.ImageConfig.from_file(folder / PREPROCESSOR_FILE)
 
     @property
     def dimensions(self) -> int:
         return self.spec.dimensions
 
-    def tokenize(self, texts: list, kind: Kind = "passage") -> Tokenized:
-        return self.tokenizer.encode(texts, kind)
+    def tokenize(self, texts: list, input_type: InputType = "passage") -> Tokenized:
+        return self.tokenizer.encode(texts, input_type)
 
     def embed_tokens(self, tokens: Tokens, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(tokens), dim] in the order of `tokens`."""
@@ -111,24 +131,32 @@ class Embedder:
         if not len(tokens):
             return out[:, :dim]
         started = time.perf_counter()
-        for rows in pack_by_tokens(tokens.lengths, self.batch_tokens, MAX_BATCH_ROWS[self.device.kind]):
-            input_ids, mask = tokens.padded(rows)
-            hidden = self.session.run(input_ids, mask)
-            out[rows] = pooling.POOLERS[self.spec.pooling](hidden, mask)
+        batches = pack_by_tokens(tokens.lengths, self.device_batch_tokens, MAX_BATCH_ROWS[self.device.type])
+        for rows, (input_ids, mask) in zip(batches, self._padded(tokens, batches)):
+            out[rows] = self.session.run(input_ids, mask)  # pooled and normalised on the device
             self.stats.batches += 1
             self.stats.padded_tokens += input_ids.size
-        if self.spec.normalize:
-            out = pooling.normalize(out)
-        if dim != self.spec.dimensions:
-            out = pooling.truncate(out, dim)
+        out = self.shape(out, dim)
         self.stats.rows += len(tokens)
         self.stats.tokens += int(tokens.offsets[-1])
         self.stats.seconds += time.perf_counter() - started
         return out
 
-    def embed_rows(self, texts: list, kind: Kind = "passage", dimensions: int | None = None) -> Embedded:
+    def _padded(self, tokens: Tokens, batches: list[np.ndarray]):
+        """Each batch's (ids, mask), the next one prepared while the caller runs this one (GPU only)."""
+        if self._prefetch is None:
+            yield from (tokens.padded(rows) for rows in batches)
+            return
+        pending = self._prefetch.submit(tokens.padded, batches[0])
+        for following in [*batches[1:], None]:
+            ready = pending.result()
+            if following is not None:
+                pending = self._prefetch.submit(tokens.padded, following)
+            yield ready
+
+    def embed_rows(self, texts: list, input_type: InputType = "passage", dimensions: int | None = None) -> Embedded:
         """Vectors for the rows that can be embedded; bad rows (null, empty, not text) come back as errors."""
-        tokenized = self.tokenize(texts, kind)
+        tokenized = self.tokenize(texts, input_type)
         vectors = self.embed_tokens(tokenized.tokens, dimensions)
         return Embedded(
             vectors=vectors,
@@ -138,46 +166,44 @@ class Embedder:
             truncated=int(tokenized.tokens.truncated.sum()),
         )
 
-    def embed(self, texts: list[str], kind: Kind = "passage", dimensions: int | None = None) -> np.ndarray:
-        """float32 [len(texts), dim]; a ValueError naming every bad row if any cannot be embedded."""
-        result = self.embed_rows(texts, kind, dimensions)
+    def embed(self, texts: list[str], input_type: InputType = "passage", dimensions: int | None = None) -> np.ndarray:
+        """float32 [len(texts), dim]; a UserError naming every bad row if any cannot be embedded."""
+        result = self.embed_rows(texts, input_type, dimensions)
         if result.errors:
             listed = "; ".join(f"row {e.index}: {e.reason}" for e in result.errors[:10])
             more = f" (and {len(result.errors) - 10} more)" if len(result.errors) > 10 else ""
-            raise ValueError(f"{len(result.errors)} of {len(texts)} inputs cannot be embedded: {listed}{more}")
+            raise UserError(f"{len(result.errors)} of {len(texts)} inputs cannot be embedded: {listed}{more}")
         return result.vectors
 
     def prepare_images(self, blobs: list) -> tuple[np.ndarray, np.ndarray, list[RowError]]:
         """Decoded, resized and cropped uint8 [n, h, w, 3] for the good images, their input indices,
         and a reason for each bad one (CPU work: the job runs it in tasks before the device)."""
         if self.image_session is None:
-            raise ValueError(f"{self.spec.name} is a text model: images need a CLIP model")
+            raise UserError(f"{self.spec.name} is a text model: images need a CLIP model")
         pixels, rows, errors = images.prepare(blobs, self.image_config)
         return pixels, rows, [RowError(i, reason) for i, reason in errors]
 
     def embed_pixels(self, pixels: np.ndarray, dimensions: int | None = None) -> np.ndarray:
         """float32 [n, dim] from prepared uint8 [n, h, w, 3]."""
         if self.image_session is None:
-            raise ValueError(f"{self.spec.name} is a text model: images need a CLIP model")
+            raise UserError(f"{self.spec.name} is a text model: images need a CLIP model")
         dim = self._check_dimensions(dimensions)
         started = time.perf_counter()
-        step = IMAGES_PER_BATCH[self.device.kind]
+        step = IMAGES_PER_BATCH[self.device.type]
         out = np.empty((len(pixels), self.spec.dimensions), dtype=np.float32)
         for start in range(0, len(pixels), step):
             out[start : start + step] = self.image_session.run_pixels(images.normalize(pixels[start : start + step], self.image_config))
             self.stats.batches += 1
-        if self.spec.normalize:
-            out = pooling.normalize(out)
         self.stats.rows += len(pixels)
         self.stats.seconds += time.perf_counter() - started
-        return out if dim == self.spec.dimensions else pooling.truncate(out, dim)
+        return self.shape(out, dim)
 
     def embed_images(self, blobs: list, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(blobs), dim] from encoded image files (bytes); a ValueError naming every bad one."""
         pixels, _, errors = self.prepare_images(blobs)
         if errors:
             listed = "; ".join(f"image {e.index}: {e.reason}" for e in errors[:10])
-            raise ValueError(f"{len(errors)} of {len(blobs)} images cannot be embedded: {listed}")
+            raise UserError(f"{len(errors)} of {len(blobs)} images cannot be embedded: {listed}")
         return self.embed_pixels(pixels, dimensions)
 
     def warmup(self) -> None:
@@ -187,9 +213,21 @@ class Embedder:
             self.embed_pixels(np.zeros((2, *self.image_config.crop, 3), dtype=np.uint8))
         self.stats = Stats()
 
+    def shape(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+        """Full vectors cut to `dimensions` (Matryoshka-style: the first N values, re-normalised),
+        for callers that embed at full size and cut per request (the app's shared batches)."""
+        dim = self._check_dimensions(dimensions)
+        return vectors if dim == self.spec.dimensions else pooling.truncate(vectors, dim)
+
     def _check_dimensions(self, dimensions: int | None) -> int:
         if dimensions is None:
             return self.spec.dimensions
         if not 1 <= dimensions <= self.spec.dimensions:
-            raise ValueError(f"dimensions must be between 1 and {self.spec.dimensions} for {self.spec.name}, got {dimensions}")
+            raise UserError(f"dimensions must be between 1 and {self.spec.dimensions} for {self.spec.name}, got {dimensions}")
         return dimensions
+
+
+def _onnx_cuda_listed() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()

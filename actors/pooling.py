@@ -1,40 +1,41 @@
-"""From token vectors to one vector per row, in numpy, batch at a time."""
+"""From token vectors to one vector per row: the same functions run inside the exported ONNX graph
+and in the torch backend, on the device. Only Matryoshka truncation runs on the host, in numpy.
+
+The torch functions use tensor methods only, so this module imports without torch (a lean ONNX
+worker has none).
+"""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 
 from actors.catalog import Pooling
 
 
-def mean(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    weights = mask.astype(hidden.dtype)[:, :, None]
-    return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+def pool(pooling: Pooling, hidden, mask):
+    """[rows, seq, hidden] token vectors and the [rows, seq] attention mask -> [rows, hidden], in fp32."""
+    hidden = hidden.float()
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last_token":
+        # Right-padded batches: the last real token sits at length - 1.
+        last = (mask.sum(dim=1) - 1).long().view(-1, 1, 1).expand(-1, 1, hidden.size(-1))
+        return hidden.gather(1, last).squeeze(1)
+    if pooling == "none":  # the model already gives [rows, dim] (a CLIP tower's projection)
+        return hidden
+    raise ValueError(f"unknown pooling {pooling!r}")
 
 
-def cls(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return hidden[:, 0]
+def clip_features(output):
+    """A CLIP tower's vectors: transformers 5 returns an output object from get_*_features, 4 a tensor."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
 
 
-def last_token(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    # Batches are right-padded, so the last real token sits at length - 1.
-    last = mask.sum(axis=1) - 1
-    return hidden[np.arange(len(hidden)), last]
-
-
-def none(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The graph already gives [batch, dim] (a CLIP tower's projected output)."""
-    return hidden
-
-
-POOLERS: dict[Pooling, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "mean": mean,
-    "cls": cls,
-    "last_token": last_token,
-    "none": none,
-}
+def l2_normalize(vectors):
+    return vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:

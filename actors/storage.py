@@ -13,10 +13,12 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from actors.errors import NotFound, UserError
+
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError):
     """An archive entry would land outside the folder it is extracted into."""
 
 
@@ -28,15 +30,15 @@ def is_archive(path: str) -> bool:
     return path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def s3_endpoint(explicit: str | None = None) -> str | None:
-    return explicit or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def s3_filesystem(endpoint_url: str | None = None):
+def s3_filesystem():
     """An s3fs filesystem with bounded timeouts and botocore's standard retries (throttling, dropped connections)."""
     import s3fs
 
-    endpoint = s3_endpoint(endpoint_url)
+    endpoint = s3_endpoint()
     return s3fs.S3FileSystem(
         client_kwargs={"endpoint_url": endpoint} if endpoint else {},
         config_kwargs={
@@ -49,17 +51,60 @@ def s3_filesystem(endpoint_url: str | None = None):
     )
 
 
+def filesystem(uri: str):
+    """(fsspec filesystem, path on it) for a local path or an `s3://` URI: the one way files are reached.
+
+    Paths on S3 come back without the scheme (`bucket/key`), as fsspec's filesystems take them;
+    local paths come back absolute (fsspec lists them so). `uri_of` turns a path back into a URI.
+    """
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://") :]
+    from fsspec.implementations.local import LocalFileSystem
+
+    return LocalFileSystem(), os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
+def uri_of(fs, path: str) -> str:
+    """The URI of a path on a filesystem from `filesystem`."""
+    return f"s3://{path}" if "s3" in _protocols(fs) else path
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def open_binary(uri: str):
+    fs, path = filesystem(uri)
+    return fs.open(path, "rb")
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    fs.pipe_file(path, data)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
 def download_prefix(uri: str, dest: Path) -> None:
     """Copy every object under an `s3://` prefix (or one object) into `dest`, keeping relative paths."""
-    fs = s3_filesystem()
-    root = uri[len("s3://") :].rstrip("/")
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
     if fs.isfile(root):
         dest.mkdir(parents=True, exist_ok=True)
         fs.get_file(root, str(dest / PurePosixPath(root).name))
         return
     keys = [k for k in fs.find(root) if not k.endswith("/")]
     if not keys:
-        raise FileNotFoundError(f"nothing found under {uri}")
+        raise NotFound(f"nothing found under {uri}")
     for key in keys:
         target = inside(dest, key[len(root) + 1 :])
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -67,18 +112,9 @@ def download_prefix(uri: str, dest: Path) -> None:
 
 
 def upload_folder(folder: Path, uri: str) -> None:
-    fs = s3_filesystem()
-    root = uri[len("s3://") :].rstrip("/")
+    fs, root = filesystem(uri)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{root}/{path.relative_to(folder).as_posix()}")
-
-
-def exists(uri: str) -> bool:
-    return s3_filesystem().exists(uri[len("s3://") :])
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    s3_filesystem().pipe_file(uri[len("s3://") :], data)
+        fs.put_file(str(path), f"{root.rstrip('/')}/{path.relative_to(folder).as_posix()}")
 
 
 def inside(folder: Path, name: str) -> Path:

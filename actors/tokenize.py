@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer as HFTokenizer
 
-from actors.catalog import Kind, ModelSpec
+from actors.catalog import InputType, ModelSpec
 
 # Texts longer than this are refused, not truncated: tokenising megabytes to keep 256 tokens wastes
 # CPU that the device is waiting on. Over-long ordinary text is truncated to the model's max tokens.
@@ -45,14 +45,14 @@ class Tokens:
         return np.diff(self.offsets)
 
     def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask) for these rows, padded to the longest of them (int64, right-padded)."""
+        """(input_ids, attention_mask) for these rows, padded to the longest of them (int32, right-padded)."""
         lengths = self.lengths[rows]
         width = int(lengths.max())
         positions = np.arange(width)
         mask = positions[None, :] < lengths[:, None]
         gather = np.where(mask, self.offsets[rows][:, None] + positions[None, :], 0)
-        ids = np.where(mask, self.ids[gather], 0).astype(np.int64)
-        return ids, mask.astype(np.int64)
+        ids = np.where(mask, self.ids[gather], 0).astype(np.int32, copy=False)
+        return ids, mask.astype(np.int32)
 
     def take(self, rows: np.ndarray) -> Tokens:
         """These rows only, in this order (one gather, no loop per row)."""
@@ -103,8 +103,8 @@ class Tokenizer:
         self._tok.enable_truncation(max_length=spec.max_tokens)
         self._tok.no_padding()
 
-    def encode(self, texts: list, kind: Kind = "passage") -> Tokenized:
-        prefix = self.spec.prefix(kind)
+    def encode(self, texts: list, input_type: InputType = "passage") -> Tokenized:
+        prefix = self.spec.prefix(input_type)
         good: list[str] = []
         rows: list[int] = []
         errors: list[RowError] = []

@@ -115,7 +115,7 @@ def measure(server: Server, port: int, sentences: list[str], seconds: float) -> 
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit(f"{server.name} did not come up")
+                    raise SystemExit(f"{server.name} did not come up") from None
                 time.sleep(1)
         url = f"http://127.0.0.1:{port}/v1/embeddings"
         asyncio.run(closed_loop(url, sentences, 4, 1, 3))  # warm up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from actors.errors import UserError
 from cluster.autoscaling import AUTOSCALING
 
 # CPU each tokenise/read/write task asks for. Small, because they are short and mostly wait on I/O or
@@ -24,8 +25,36 @@ class PoolPlan:
 
     @property
     def threads_per_actor(self) -> int:
-        """ONNX Runtime threads: the actor's CPUs, rounded up (an actor holding 1.5 CPUs runs 2 threads)."""
-        return max(1, math.ceil(self.cpus_per_actor))
+        return threads_for(self.cpus_per_actor)
+
+
+def threads_for(cpus: float) -> int:
+    """Engine threads for a worker holding `cpus` Ray CPUs, rounded up (1.5 CPUs run 2 threads): its
+    share of the node, never the node's count (ten actors on a 64-core node must not start 64 each)."""
+    return max(1, math.ceil(cpus))
+
+
+@dataclass(frozen=True)
+class WorkerDevice:
+    """What Ray gave the worker (device actor or Serve replica) this runs in."""
+
+    device: str  # "cuda:0" or "cpu"
+    threads: int | None  # engine threads; None outside Ray (the process's own CPUs)
+    gpu_ids: tuple[str, ...]  # Ray's ids of the GPUs assigned, for reports
+
+
+def this_worker() -> WorkerDevice:
+    """The device, engine threads and Ray GPU ids of the current Ray worker: one rule for the job's
+    actors and the app's replicas.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs, so inside the worker the first one is
+    ordinal 0 whatever its number on the node.
+    """
+    import ray
+
+    gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    return WorkerDevice("cuda:0" if gpu_ids else "cpu", threads_for(cpus) if cpus else None, gpu_ids)
 
 
 def plan_pool(
@@ -46,11 +75,11 @@ def plan_pool(
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus else 0.0
     if gpus_per_actor < 0 or (gpus_per_actor > 1 and not float(gpus_per_actor).is_integer()):
-        raise ValueError(f"--gpus-per-actor must be a fraction of one GPU or a whole number, got {gpus_per_actor}")
+        raise UserError(f"--gpus-per-actor must be a fraction of one GPU or a whole number, got {gpus_per_actor}")
     if gpus_per_actor > gpus and max_actors is None:
         # With --max-actors the user says how far to grow: an autoscaling cluster (KubeRay, GPU
         # groups from 0) adds GPU nodes as the pool asks for them.
-        raise ValueError(f"--gpus-per-actor {gpus_per_actor:g} but the cluster has {gpus:g} GPUs now; "
+        raise UserError(f"--gpus-per-actor {gpus_per_actor:g} but the cluster has {gpus:g} GPUs now; "
                          "on an autoscaling cluster give --max-actors too")
     if cpus_per_actor is None:
         if gpus_per_actor:
@@ -65,7 +94,7 @@ def plan_pool(
     max_actors = max_actors or fit
     min_actors = min_actors or min(AUTOSCALING.min_workers, max_actors)
     if min_actors > max_actors:
-        raise ValueError(f"--min-actors {min_actors} is more than --max-actors {max_actors}")
+        raise UserError(f"--min-actors {min_actors} is more than --max-actors {max_actors}")
     return PoolPlan(min_actors, max_actors, float(gpus_per_actor), float(cpus_per_actor))
 
 

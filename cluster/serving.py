@@ -29,3 +29,125 @@ def serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """SERVE_ENV under whatever the user already set (so `RAY_SERVE_ENABLE_HA_PROXY=0` turns it off)."""
     environ = os.environ if environ is None else environ
     return {key: environ.get(key, value) for key, value in SERVE_ENV.items()}
+
+
+# Serve's defaults for HAProxy's own frontends (stats page, Prometheus); taken when free.
+HAPROXY_STATS_PORT, HAPROXY_METRICS_PORT = 8404, 9101
+
+
+def free_port(host: str, preferred: int | None = None) -> int:
+    """`preferred` if nothing listens there on `host`, else a port the OS says is free."""
+    import socket
+
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError(f"no free port on {host}")
+
+
+def haproxy_env(host: str, run_dir: str) -> dict[str, str]:
+    """The environment that puts HAProxy's stats and Prometheus frontends on `host`, on free ports,
+    and makes HAProxy die with the Serve controller that started it (cluster/haproxy_launcher.py)."""
+    import shutil
+    import stat
+    import sys
+
+    from ray.serve._private.haproxy import get_haproxy_binary
+
+    shim = os.path.join(run_dir, "haproxy")
+    with open(shim, "w") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" -m cluster.haproxy_launcher "$@"\n')
+    os.chmod(shim, os.stat(shim).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    bind_host = "127.0.0.1" if host in ("localhost", "") else host
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": shim,
+        "RAYEMBED_HAPROXY_BINARY": shutil.which(get_haproxy_binary()) or get_haproxy_binary(),
+        "RAYEMBED_HAPROXY_HOST": bind_host,
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(bind_host, HAPROXY_STATS_PORT)),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(bind_host, HAPROXY_METRICS_PORT)),
+    }
+
+
+def run_serve(config: dict, address: str | None = None, log=print) -> int:
+    """Run a Serve config (the `serve run` file format) until SIGINT, SIGTERM or SIGHUP, and stop
+    everything it started: Serve, HAProxy, and the embedded Ray. An application that fails to
+    deploy is reported once, with Serve's message, and ends the command (exit 1).
+
+    This is `serve run CONFIG` made to own its processes: Serve's CLI retries a failed deploy for
+    ever, and a signal to its process group leaves HAProxy behind holding its ports.
+    """
+    import fcntl
+    import signal
+    import tempfile
+    import threading
+    import time
+
+    import ray
+    from ray import serve
+    from ray.serve._private.api import serve_start  # what `serve run` itself calls to deploy a config file
+    from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    host = schema.http_options.host
+    stop = threading.Event()
+    caught: list[int] = []
+
+    def on_signal(number, frame) -> None:
+        caught.append(number)
+        stop.set()
+
+    previous: dict = {}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Servers starting at once on one machine would each find HAProxy's default ports free: from the
+    # choice of ports until HAProxy holds them (the app runs, or failed), one server starts at a time.
+    ports_lock = open(os.path.join(tempfile.gettempdir(), "rayembed-serve-ports.lock"), "w")
+    with ports_lock, tempfile.TemporaryDirectory(prefix="rayembed-serve-") as run_dir:
+        fcntl.flock(ports_lock, fcntl.LOCK_EX)
+        ports = f"HTTP {host}:{schema.http_options.port}"
+        if not address:  # a Ray of our own: it starts with the ingress settings
+            os.environ.update(serve_env())
+            if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+                os.environ.update(haproxy_env(host, run_dir))
+                ports += (f", HAProxy stats {os.environ['RAYEMBED_HAPROXY_HOST']}:{os.environ['RAY_SERVE_HAPROXY_STATS_PORT']}"
+                          f" and Prometheus {os.environ['RAYEMBED_HAPROXY_HOST']}:{os.environ['RAY_SERVE_HAPROXY_METRICS_PORT']}")
+        try:
+            if address:
+                ray.init(address=address, namespace="serve", log_to_driver=True)
+            else:
+                ray.init(namespace="serve", include_dashboard=False)
+            client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+                                 grpc_options=schema.grpc_options.model_dump())
+            # After ray.init, which installs Ray's own SIGTERM handler in this process (a signal before
+            # this point still stops everything: HAProxy dies with its parent, workers with the raylet).
+            previous.update({s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)})
+            client.deploy_apps(schema, _blocking=False)
+            names = [app.name for app in schema.applications]
+            running = False
+            while not stop.wait(0.5):
+                statuses = serve.status().applications
+                failed = [(n, statuses[n]) for n in names if n in statuses and statuses[n].status == ApplicationStatus.DEPLOY_FAILED]
+                if failed:
+                    fcntl.flock(ports_lock, fcntl.LOCK_UN)
+                    name, status = failed[0]
+                    log(f"rayembed: error: application {name!r} failed to deploy:\n{status.message.strip()}")
+                    return 1
+                if not running and all(n in statuses and statuses[n].status == ApplicationStatus.RUNNING for n in names):
+                    running = True
+                    fcntl.flock(ports_lock, fcntl.LOCK_UN)
+                    log(f"rayembed: serving {', '.join(names)}; listening on {ports} (Ctrl-C, SIGTERM or SIGHUP stops it)")
+            log(f"rayembed: stopping on {signal.Signals(caught[0]).name}")
+            return 0
+        finally:
+            started = time.monotonic()
+            try:
+                if ray.is_initialized():
+                    serve.shutdown()
+            finally:
+                ray.shutdown()
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+            log(f"rayembed: stopped in {time.monotonic() - started:.1f} s")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
-from actors.catalog import ModelSpec
+from actors.catalog import InputType, ModelSpec
+from actors.devices import Backend, Precision
+from actors.errors import UserError
 
 ROWS_PER_PART = 4096
 
@@ -20,13 +23,16 @@ class JobConfig:
     # folder as INPUT sets it to "image" and `id` to the path under the folder).
     image_column: str | None = None
     keep: tuple[str, ...] = ()
-    precision: str = "auto"
-    kind: str = "passage"
+    # "auto" until the pool is planned: `settled` turns them into the one backend and precision
+    # every stage uses.
+    precision: Precision | Literal["auto"] = "auto"
+    backend: Backend | Literal["auto"] = "auto"
+    input_type: InputType = "passage"
     min_actors: int | None = None
     max_actors: int | None = None
     gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
-    batch_tokens: int | None = None
+    device_batch_tokens: int | None = None
     resume: bool = False
     address: str | None = None
     s3_endpoint: str | None = None
@@ -35,8 +41,16 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         if self.id_column == self.text_column:
-            raise ValueError("--id-column and --text-column must name different columns")
+            raise UserError("--id-column and --text-column must name different columns")
         if self.rows_per_part <= 0:
-            raise ValueError("--rows-per-part must be positive")
-        if self.image_column and self.model.modality != "clip":
-            raise ValueError(f"--image-column needs a CLIP model; {self.model.name} embeds text only")
+            raise UserError("--rows-per-part must be positive")
+        if self.image_column and not self.model.is_clip:
+            raise UserError(f"--image-column needs a CLIP model; {self.model.name} embeds text only")
+
+    def settled(self, on_gpus: bool) -> JobConfig:
+        """This config with its backend and precision chosen for the devices the pool runs on (a CPU
+        pool's choice is made for the driver's CPU features: give --backend on a mixed cluster)."""
+        from actors.embedder import settle
+
+        backend, precision, _ = settle(self.model, self.backend, self.precision, "cuda" if on_gpus else "cpu")
+        return replace(self, backend=backend, precision=precision)

@@ -17,10 +17,12 @@ import time
 import uuid
 from dataclasses import replace
 
-from actors.catalog import CATALOG, DEFAULT_MODEL, model_from_arg
-from actors.export import EXPORT_VERSION, PRECISIONS, model_folder
+from actors.catalog import CATALOG, model_from_arg
+from actors.errors import UserError
+from actors.export import EXPORT_VERSION
 from cluster.resources import CPU_STAGE_CPUS, PoolPlan
-from jobs.config import ROWS_PER_PART, JobConfig
+from jobs.config import JobConfig
+from jobs.flags import add_job_arguments
 from jobs.sinks import OutputFolder
 from jobs.sources import IMAGES, columns_of, list_inputs
 from jobs.stages import decode_images, missing_columns, read_and_tokenize, write_parts
@@ -28,38 +30,12 @@ from jobs.stages import decode_images, missing_columns, read_and_tokenize, write
 log = logging.getLogger("rayembed")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="INPUT", help="a corpus file, folder or glob: Parquet, JSONL or CSV (optionally .gz), local or s3://")
-    parser.add_argument("output", metavar="OUTPUT", help="folder for the Parquet output, local or s3://")
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"model name or alias (default {DEFAULT_MODEL}), or custom model properties as JSON or a .json file",
-    )
-    parser.add_argument("--id-column", default="id", help="the column with row ids (default id)")
-    parser.add_argument("--text-column", default="text", help="the column with the text to embed (default text)")
-    parser.add_argument("--image-column", help="with a CLIP model: the column of image bytes or image paths/URIs to embed "
-                        "instead of text (an INPUT folder of image files needs none)")
-    parser.add_argument("--keep", nargs="+", default=[], metavar="COL", help="columns to copy through to the output")
-    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: fp16 on GPUs, fp32 on CPU")
-    parser.add_argument("--kind", choices=["passage", "query"], default="passage", help="which prefix the model adds (e5-style models)")
-    parser.add_argument("--min-actors", type=int, help="fewest device actors (default 1)")
-    parser.add_argument("--max-actors", type=int, help="most device actors (default: one per GPU, or per node's CPUs)")
-    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor, e.g. 1 or 0.5 (default 1 if the cluster has GPUs, else 0)")
-    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor; also its ONNX Runtime threads (default 1 with GPUs, else a node's CPUs)")
-    parser.add_argument("--batch-tokens", type=int, help="tokens per device batch (default 2048 on CPU, 65536 on GPU)")
-    parser.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help=f"rows per device actor call, and at most per output file (default {ROWS_PER_PART})")
-    parser.add_argument("--resume", action="store_true", help="skip input files whose output is already complete")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    parser.add_argument("--s3-endpoint", help="S3 endpoint URL for a non-AWS server (else AWS_ENDPOINT_URL)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.embed_corpus",
         description="Embed a corpus with Ray Data and write ids + vectors as Parquet (errors to OUTPUT/_errors/).",
     )
-    add_arguments(parser)
+    add_job_arguments(parser)
     return parser
 
 
@@ -73,12 +49,13 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         image_column=args.image_column,
         keep=tuple(args.keep),
         precision=args.precision,
-        kind=args.kind,
+        backend=args.backend,
+        input_type=args.input_type,
         min_actors=args.min_actors,
         max_actors=args.max_actors,
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor,
-        batch_tokens=args.batch_tokens,
+        device_batch_tokens=args.device_batch_tokens,
         resume=args.resume,
         address=args.address,
         s3_endpoint=args.s3_endpoint,
@@ -97,13 +74,13 @@ def run(config: JobConfig) -> dict:
     started = time.perf_counter()
     if config.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint  # before Ray starts: workers inherit it
-    files = list_inputs(config.input, images=config.model.modality == "clip")
+    files = list_inputs(config.input, images=config.model.is_clip)
     if files[0].format == IMAGES:
         config = replace(config, id_column="id", image_column="image", keep=())
     columns = columns_of(files[0])
     missing = missing_columns(columns, config)
     if missing:
-        raise ValueError(f"{files[0].path} has no column {missing}; its columns are {columns}")
+        raise UserError(f"{files[0].path} has no column {missing}; its columns are {columns}")
     output = OutputFolder(config.output)
     output.remove_manifest()
     done = output.complete_keys() if config.resume else set()
@@ -113,32 +90,35 @@ def run(config: JobConfig) -> dict:
     where = connect(config.address)
     plan = current_plan(min_actors=config.min_actors, max_actors=config.max_actors,
                         gpus_per_actor=config.gpus_per_actor, cpus_per_actor=config.cpus_per_actor)
-    precision = config.precision if config.precision != "auto" else ("fp16" if plan.gpus_per_actor else "fp32")
-    model_folder(config.model, precision)  # export once here, before tasks and actors need it
+    config = config.settled(on_gpus=bool(plan.gpus_per_actor))
+
     print(f"rayembed: {len(files)} input files ({len(files) - len(todo)} already done) on {where}; "
           f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), "
-          f"{config.model.name} {precision}", file=sys.stderr)
+          f"{config.model.name} {config.backend} {config.precision}", file=sys.stderr)
 
     stats_name = f"rayembed-stats-{uuid.uuid4().hex[:8]}"
     collector = ray.remote(num_cpus=0)(StatsCollector).options(name=stats_name).remote()
-    written = _pipeline(config, todo, plan, precision, stats_name) if todo else []
+    written = _pipeline(config, todo, plan, stats_name) if todo else []
     actors = ray.get(collector.collect.remote(), timeout=60)
     ray.kill(collector)
 
     seconds = time.perf_counter() - started
     embedded, errors = output.count_rows()
     tokens = sum(a["tokens"] for a in actors.values())
+    padded = sum(a["padded_tokens"] for a in actors.values())
     this_run = sum(w["embedded"] + w["errors"] for w in written)
     manifest = {
         "input": config.input,
         "output": config.output,
         "files": len(files),
         "files_skipped": len(files) - len(todo),
-        "model": _model_metadata(config, precision),
+        "model": _model_metadata(config),
         "counts": {"rows_in": embedded + errors, "embedded": embedded, "errors": errors,
                    "truncated": sum(w["truncated"] for w in written)},
         "this_run": {"rows": this_run, "seconds": round(seconds, 2), "rows_per_s": round(this_run / seconds, 1),
-                     "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)},
+                     "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
+                     # What the device ran, padding included: padded_tokens / tokens is the padding's cost.
+                     "padded_tokens": padded},
         "pool": {"min_actors": plan.min_actors, "max_actors": plan.max_actors,
                  "gpus_per_actor": plan.gpus_per_actor, "cpus_per_actor": plan.cpus_per_actor},
         "actors": list(actors.values()),
@@ -150,15 +130,15 @@ def run(config: JobConfig) -> dict:
     return manifest
 
 
-def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, precision: str, stats_name: str) -> list[dict]:
+def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, stats_name: str) -> list[dict]:
     import ray
 
     from actors.device_actor import EmbedActor
 
-    metadata = {b"rayembed": json.dumps(_model_metadata(config, precision)).encode()}
+    metadata = {b"rayembed": json.dumps(_model_metadata(config)).encode()}
     ds = ray.data.from_items([{"path": f.path, "key": f.key, "format": f.format} for f in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(read_and_tokenize, batch_size=1, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
-                        fn_kwargs={"config": config, "precision": precision})
+                        fn_kwargs={"config": config})
     # Ray Data joins what a task yields into blocks of up to 128 MiB, so one input file would reach a
     # single actor as one block; parts of rows_per_part rows spread it over the whole pool (streaming).
     ds = ds.repartition(target_num_rows_per_block=config.rows_per_part)
@@ -168,7 +148,7 @@ def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, precision: str, sta
     ds._logical_plan.dag.ray_remote_args["num_cpus"] = CPU_STAGE_CPUS
     if config.image_column:  # decode and crop in CPU tasks, ahead of the device
         ds = ds.map_batches(decode_images, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
-                            fn_kwargs={"spec": config.model, "precision": precision})
+                            fn_kwargs={"spec": config.model, "backend": config.backend, "precision": config.precision})
     ds = ds.map_batches(
         EmbedActor,
         batch_size=config.rows_per_part,
@@ -176,18 +156,19 @@ def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, precision: str, sta
         compute=ray.data.ActorPoolStrategy(min_size=plan.min_actors, max_size=plan.max_actors),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor,
-        fn_constructor_kwargs={"spec": config.model, "precision": precision, "threads": plan.threads_per_actor,
-                               "batch_tokens": config.batch_tokens, "stats_actor": stats_name},
+        fn_constructor_kwargs={"spec": config.model, "backend": config.backend, "precision": config.precision,
+                               "device_batch_tokens": config.device_batch_tokens, "stats_actor": stats_name},
     )
     ds = ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
                         fn_kwargs={"output": config.output, "metadata": metadata})
     return ds.take_all()
 
 
-def _model_metadata(config: JobConfig, precision: str) -> dict:
+def _model_metadata(config: JobConfig) -> dict:
     spec = config.model
-    return {"name": spec.name, "dimensions": spec.dimensions, "precision": precision, "normalize": spec.normalize,
-            "pooling": spec.pooling, "max_tokens": spec.max_tokens, "kind": config.kind, "export_version": EXPORT_VERSION}
+    return {"name": spec.name, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend, "normalize": spec.normalize,
+            "pooling": spec.pooling, "max_tokens": spec.max_tokens, "input_type": config.input_type,
+            "export_version": EXPORT_VERSION}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(config_from_args(args))
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"rayembed: error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except UserError as e:
+        print(f"rayembed: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -30,14 +30,7 @@ def part_name(key: str, start: int, end: int, total: int) -> str:
 class OutputFolder:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
-        if storage.is_s3(uri):
-            self.fs = storage.s3_filesystem()
-            self.root = self.uri[len("s3://") :]
-        else:
-            import fsspec
-
-            self.fs = fsspec.filesystem("file")
-            self.root = self.uri
+        self.fs, self.root = storage.filesystem(self.uri)
         self.fs.makedirs(self.root, exist_ok=True)
 
     def _path(self, *names: str) -> str:
@@ -59,7 +52,7 @@ class OutputFolder:
         done = set()
         for key, spans in ranges.items():
             position = 0
-            for start, end, total in sorted(spans):
+            for start, end, _ in sorted(spans):
                 if start != position:
                     break
                 position = end

@@ -14,7 +14,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -22,6 +22,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from actors import storage
+from actors.errors import NotFound, UserError
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -43,7 +44,7 @@ def file_format(path: str) -> str:
     for suffix, fmt in FORMATS.items():
         if name.endswith(suffix):
             return fmt
-    raise ValueError(f"{path}: unknown format; inputs are {', '.join(sorted(FORMATS))} files (optionally .gz)")
+    raise UserError(f"{path}: unknown format; inputs are {', '.join(sorted(FORMATS))} files (optionally .gz)")
 
 
 def list_inputs(source: str, images: bool = False) -> list[InputFile]:
@@ -55,34 +56,24 @@ def list_inputs(source: str, images: bool = False) -> list[InputFile]:
         return [InputFile(source, f"images-{hashlib.sha1(source.encode()).hexdigest()[:8]}", IMAGES)]
     if not files:
         looked = ", ".join(sorted(FORMATS)) + (" or image files" if images else "")
-        raise FileNotFoundError(f"no corpus files at {source} (looked for {looked}, optionally .gz)")
+        raise NotFound(f"no corpus files at {source} (looked for {looked}, optionally .gz)")
     return [InputFile(p, file_key(p, root), file_format(p)) for p in files]
 
 
 def _find(source: str) -> tuple[list[str], str]:
     """Every file under a file, folder or glob, local or s3://, and the root their keys are relative to."""
-    if storage.is_s3(source):
-        fs = storage.s3_filesystem()
-        bare = source[len("s3://") :].rstrip("/")
-        if globlib.has_magic(bare):
-            found = fs.glob(bare)
-        elif fs.isdir(bare):
-            found = fs.find(bare)
-        else:
-            found = [bare] if fs.exists(bare) else []
-        paths = [f"s3://{p}" for p in found]
-        root = bare if not globlib.has_magic(bare) else bare.split("*")[0]
+    fs, path = storage.filesystem(source)
+    path = path.rstrip("/")
+    if globlib.has_magic(path):
+        found = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
+        root = path.split("*")[0]
+    elif fs.isdir(path):
+        found = fs.find(path)
+        root = path
     else:
-        if globlib.has_magic(source):
-            paths = globlib.glob(source, recursive=True)
-            root = source.split("*")[0]
-        elif Path(source).is_dir():
-            paths = [str(p) for p in Path(source).rglob("*") if p.is_file()]
-            root = source
-        else:
-            paths = [source] if Path(source).is_file() else []
-            root = str(Path(source).parent)
-    return paths, root
+        found = [path] if fs.isfile(path) else []
+        root = path.rsplit("/", 1)[0]
+    return [storage.uri_of(fs, p) for p in found], storage.uri_of(fs, root)
 
 
 def _is_image(path: str) -> bool:
@@ -104,7 +95,7 @@ def _is_corpus_file(path: str) -> bool:
         return False
     try:
         file_format(path)
-    except ValueError:
+    except UserError:
         return False
     return True
 
@@ -116,23 +107,12 @@ def file_key(path: str, root: str) -> str:
     return f"{readable}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
 
 
-def open_binary(path: str):
-    if storage.is_s3(path):
-        return storage.s3_filesystem().open(path[len("s3://") :], "rb")
-    return open(path, "rb")
-
-
-def read_bytes(path: str) -> bytes:
-    with open_binary(path) as raw:
-        return raw.read()
-
-
 def read_table(path: str, text_column: str, fmt: str) -> pa.Table:
     """The whole file as an Arrow table. The text column is read as bytes where the format allows, so
     that invalid UTF-8 fails one row (in tokenisation) instead of the file."""
     if fmt == IMAGES:
         return list_images(path)
-    data = read_bytes(path)
+    data = storage.read_bytes(path)
     if path.lower().endswith(".gz"):
         data = gzip.decompress(data)
     if fmt == "parquet":
@@ -184,6 +164,6 @@ def columns_of(file: InputFile) -> list[str]:
     if file.format == IMAGES:
         return ["id", "image"]
     if file.format == "parquet" and not file.path.endswith(".gz"):
-        with open_binary(file.path) as fh:
+        with storage.open_binary(file.path) as fh:
             return pq.ParquetFile(fh).schema_arrow.names
     return read_table(file.path, "", file.format).column_names

@@ -14,40 +14,54 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors import images
+from actors.blocks import (
+    BOOKKEEPING,
+    ERROR,
+    IMAGE_SOURCE,
+    INPUT,
+    KEY,
+    PIXELS,
+    ROW,
+    ROWS,
+    TOKENS,
+    TRUNCATED,
+    pack_pixels,
+    pack_tokens,
+    require,
+)
 from actors.catalog import ModelSpec
-from actors.device_actor import ERROR_COLUMN, PIXELS_COLUMN, TOKENS_COLUMN, TRUNCATED_COLUMN
-from actors.export import model_folder
+from actors.devices import Backend, Precision
+from actors.embedder import settle
+from actors.errors import UserError
 from actors.model_files import PREPROCESSOR_FILE, TOKENIZER_FILE
+from actors.storage import read_bytes
 from actors.tokenize import Tokenizer
 from jobs.config import JobConfig
 from jobs.sinks import OutputFolder
-from jobs.sources import LINE_ERROR, read_bytes, read_table
+from jobs.sources import LINE_ERROR, read_table
 
-# Bookkeeping columns that travel with each row between stages and are dropped on output.
-KEY, ROW, ROWS, INPUT = "__key", "__row", "__rows", "__input"
-IMAGE_SOURCE = "__image"  # an image's bytes, or the path/URI to read them from, until decoded
 ERROR_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("input", pa.string()), ("row", pa.int64())])
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(spec: ModelSpec, precision: str) -> Tokenizer:
-    return Tokenizer(spec, model_folder(spec, precision) / TOKENIZER_FILE)
+def _tokenizer(spec: ModelSpec, backend: Backend, precision: Precision) -> Tokenizer:
+    return Tokenizer(spec, settle(spec, backend, precision, "cpu")[2] / TOKENIZER_FILE)
 
 
 def missing_columns(columns: list[str], config: JobConfig) -> list[str]:
     return [c for c in (config.id_column, config.image_column or config.text_column, *config.keep) if c not in columns]
 
 
-def read_and_tokenize(files: pa.Table, config: JobConfig, precision: str) -> Iterator[pa.Table]:
+def read_and_tokenize(files: pa.Table, config: JobConfig) -> Iterator[pa.Table]:
     """For each input file: blocks of rows with token ids (or, for images, their sources), and a
     reason for every bad row."""
-    tokenizer = _tokenizer(config.model, precision)
+    tokenizer = _tokenizer(config.model, config.backend, config.precision)
     for path, key, fmt in zip(files["path"].to_pylist(), files["key"].to_pylist(), files["format"].to_pylist()):
         table = read_table(path, config.text_column, fmt)
         if LINE_ERROR not in table.column_names:
             missing = missing_columns(table.column_names, config)
             if missing:
-                raise ValueError(f"{path} has no column {missing}; its columns are {table.column_names}")
+                raise UserError(f"{path} has no column {missing}; its columns are {table.column_names}")
         for start in range(0, table.num_rows, config.rows_per_part):
             chunk = table.slice(start, config.rows_per_part)
             if config.image_column:
@@ -65,8 +79,8 @@ def _image_chunk(chunk: pa.Table, config: JobConfig, path: str, key: str, start:
     return pa.table({
         **_row_columns(chunk, config, path, key, start, total),
         IMAGE_SOURCE: sources,
-        TRUNCATED_COLUMN: pa.array(np.zeros(n, dtype=bool)),
-        ERROR_COLUMN: pa.array(errors, pa.string()),
+        TRUNCATED: pa.array(np.zeros(n, dtype=bool)),
+        ERROR: pa.array(errors, pa.string()),
     })
 
 
@@ -83,11 +97,12 @@ def _row_columns(chunk: pa.Table, config: JobConfig, path: str, key: str, start:
     }
 
 
-def decode_images(block: pa.Table, spec: ModelSpec, precision: str) -> pa.Table:
+def decode_images(block: pa.Table, spec: ModelSpec, backend: Backend, precision: Precision) -> pa.Table:
     """Read (bytes, a local path or s3://), decode, resize and crop each image: uint8 pixels for the
     device, or a reason in `error` for an image that can't be had."""
-    config = _image_config(spec, precision)
-    errors = block[ERROR_COLUMN].to_pylist()
+    require(block, (IMAGE_SOURCE, ERROR), "image decoding")
+    config = _image_config(spec, backend, precision)
+    errors = block[ERROR].to_pylist()
     blobs = []
     for i, source in enumerate(block[IMAGE_SOURCE].to_pylist()):
         if errors[i] is None and isinstance(source, str):
@@ -100,23 +115,20 @@ def decode_images(block: pa.Table, spec: ModelSpec, precision: str) -> pa.Table:
     pixels, rows, bad = images.prepare([blobs[i] for i in wanted], config)
     for j, reason in bad:
         errors[wanted[j]] = reason
-    width = config.crop[0] * config.crop[1] * 3
-    flat = np.zeros((block.num_rows, width), dtype=np.uint8)
-    flat[np.asarray(wanted, dtype=np.int64)[rows]] = pixels.reshape(len(rows), width)
-    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), block.num_rows, [None, pa.py_buffer(flat)])
-    out = block.drop_columns([IMAGE_SOURCE, ERROR_COLUMN])
-    return out.append_column(PIXELS_COLUMN, column).append_column(ERROR_COLUMN, pa.array(errors, pa.string()))
+    column = pack_pixels(pixels, np.asarray(wanted, dtype=np.int64)[rows], block.num_rows)
+    out = block.drop_columns([IMAGE_SOURCE, ERROR])
+    return out.append_column(PIXELS, column).append_column(ERROR, pa.array(errors, pa.string()))
 
 
 @functools.lru_cache(maxsize=4)
-def _image_config(spec: ModelSpec, precision: str) -> images.ImageConfig:
-    return images.ImageConfig.from_file(model_folder(spec, precision) / PREPROCESSOR_FILE)
+def _image_config(spec: ModelSpec, backend: Backend, precision: Precision) -> images.ImageConfig:
+    return images.ImageConfig.from_file(settle(spec, backend, precision, "cpu")[2] / PREPROCESSOR_FILE)
 
 
 def _tokenize_chunk(chunk: pa.Table, tokenizer: Tokenizer, config: JobConfig, path: str, key: str, start: int, total: int) -> pa.Table:
     n = chunk.num_rows
     texts = _column(chunk, config.text_column).to_pylist()
-    tokenized = tokenizer.encode(texts, config.kind)  # type: ignore[arg-type]
+    tokenized = tokenizer.encode(texts, config.input_type)
     errors = np.full(n, None, dtype=object)
     for e in tokenized.errors:
         errors[e.index] = e.reason
@@ -125,18 +137,13 @@ def _tokenize_chunk(chunk: pa.Table, tokenizer: Tokenizer, config: JobConfig, pa
     if LINE_ERROR in chunk.column_names:
         line_errors = chunk[LINE_ERROR].to_numpy(zero_copy_only=False)
         errors[line_errors != None] = line_errors[line_errors != None]  # noqa: E711
-    # Token lists for every row (empty for rows that were not tokenised), as one Arrow list column.
-    lengths = np.zeros(n, dtype=np.int64)
-    lengths[tokenized.rows] = tokenized.tokens.lengths
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
     truncated = np.zeros(n, dtype=bool)
     truncated[tokenized.rows] = tokenized.tokens.truncated
     columns = {
         **_row_columns(chunk, config, path, key, start, total),
-        TOKENS_COLUMN: pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokenized.tokens.ids)),
-        TRUNCATED_COLUMN: pa.array(truncated),
-        ERROR_COLUMN: pa.array(errors, pa.string()),
+        TOKENS: pack_tokens(tokenized.tokens, tokenized.rows, n),
+        TRUNCATED: pa.array(truncated),
+        ERROR: pa.array(errors, pa.string()),
     }
     return pa.table(columns)
 
@@ -151,6 +158,7 @@ def write_parts(block: pa.Table, output: str, metadata: dict[bytes, bytes]) -> p
     """Write the block's rows, one file per run of consecutive rows of one input: vectors to the
     output, bad rows to _errors/. Ray Data batches regardless of input files, so a block may hold
     several inputs' rows; names come from the rows, so a retried block rewrites the same files."""
+    require(block, (KEY, ROW, ROWS, INPUT, "id", ERROR, TRUNCATED), "the writer")
     folder = OutputFolder(output)
     block = block.sort_by([(KEY, "ascending"), (ROW, "ascending")])
     keys = block[KEY].to_numpy(zero_copy_only=False)
@@ -160,13 +168,13 @@ def write_parts(block: pa.Table, output: str, metadata: dict[bytes, bytes]) -> p
     written = []
     for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(block)]):
         run = block.slice(lo, hi - lo)
-        bad = pc.is_valid(run[ERROR_COLUMN])
+        bad = pc.is_valid(run[ERROR])
         good_rows, bad_rows = run.filter(pc.invert(bad)), run.filter(bad)
-        vectors = good_rows.drop_columns([KEY, ROW, ROWS, INPUT, TRUNCATED_COLUMN, ERROR_COLUMN]).replace_schema_metadata(metadata)
+        vectors = good_rows.drop_columns(list(BOOKKEEPING)).replace_schema_metadata(metadata)
         errors = pa.table(
-            [pc.cast(bad_rows["id"], pa.string()), bad_rows[ERROR_COLUMN], bad_rows[INPUT], bad_rows[ROW]], schema=ERROR_SCHEMA
+            [pc.cast(bad_rows["id"], pa.string()), bad_rows[ERROR], bad_rows[INPUT], bad_rows[ROW]], schema=ERROR_SCHEMA
         )
         folder.write(str(keys[lo]), int(rows[lo]), int(rows[hi - 1]) + 1, int(run[ROWS][0].as_py()), vectors, errors)
         written.append({"embedded": good_rows.num_rows, "errors": bad_rows.num_rows,
-                        "truncated": int(pc.sum(good_rows[TRUNCATED_COLUMN]).as_py() or 0)})
+                        "truncated": int(pc.sum(good_rows[TRUNCATED]).as_py() or 0)})
     return pa.Table.from_pylist(written)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import logging
 import sys
-from pathlib import Path
 
 from actors.catalog import CATALOG, DEFAULT_MODEL, model_from_arg
-from actors.export import PRECISIONS
-from jobs.embed_corpus import add_arguments as add_job_arguments
+from actors.errors import UserError
+from actors.export import ONNX_PRECISIONS
+from jobs.flags import add_job_arguments, add_model_arguments
 
-SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_apps" / "config.yaml"
+# Installed with the package (package data), so `rayembed serve` works outside a checkout too.
+SERVE_CONFIG = str(importlib.resources.files("serve_apps") / "config.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except (KeyError, ValueError, FileNotFoundError) as e:
+    except UserError as e:
         # A person's mistake (unknown model, bad flag value, missing file): say what to fix, no traceback.
-        print(f"rayembed: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        print(f"rayembed: error: {e}", file=sys.stderr)
         return 2
 
 
@@ -42,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         "object per text: its index, text and embedding.",
     )
     encode.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed; '-' reads one text per line from stdin")
-    _model_flags(encode)
-    encode.add_argument("--kind", choices=["passage", "query"], default="passage", help="which prefix the model adds (e5-style models)")
+    add_model_arguments(encode)
+    encode.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     encode.add_argument("--dimensions", type=int, help="keep the first N dimensions and re-normalise (Matryoshka-style)")
     encode.set_defaults(run=_encode)
 
@@ -60,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser(
         "serve",
         help="serve the OpenAI-compatible embeddings API with Ray Serve",
-        description="Run the online app from a Ray Serve config file (the same file KubeRay's RayService uses) "
-        "with `serve run`, on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.",
+        description="Run the online app from a Ray Serve config file (the same file KubeRay's RayService uses), "
+        "as `serve run` would, on an embedded local Ray unless --address or RAY_ADDRESS names a cluster. The config "
+        "is checked before Ray starts (exit 2 naming the problem); an app that fails to deploy ends the command "
+        "(exit 1); SIGINT, SIGTERM or SIGHUP stops Serve, HAProxy and the embedded Ray.",
     )
-    serve_cmd.add_argument("--config", default=str(SERVE_CONFIG), help="Serve config file (default serve_apps/config.yaml)")
+    serve_cmd.add_argument("--config", default=SERVE_CONFIG, help="Serve config file (default serve_apps/config.yaml)")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve_cmd.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
@@ -80,28 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(RAYEMBED_CACHE, default ~/.cache/rayembed; RAYEMBED_CACHE_URI=s3://... shares them).",
     )
     export.add_argument("--model", default=DEFAULT_MODEL, help="model name or alias, or custom properties (as for encode)")
-    export.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS), help="precisions to build (default: all)")
+    export.add_argument("--precision", nargs="+", choices=ONNX_PRECISIONS, default=list(ONNX_PRECISIONS),
+                        help="ONNX precisions to build (default: all)")
     export.set_defaults(run=_export)
     return parser
-
-
-def _model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"model name or alias (default {DEFAULT_MODEL}; see 'rayembed models'), or a custom "
-        "model's properties as JSON or a .json file",
-    )
-    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto", help="auto: fp16 on a GPU, fp32 on CPU")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
 
 def _encode(args: argparse.Namespace) -> int:
     from actors.embedder import Embedder
 
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
-    embedder = Embedder(model_from_arg(args.model), precision=args.precision, device=args.device)
-    result = embedder.embed_rows(texts, kind=args.kind, dimensions=args.dimensions)
+    embedder = Embedder(model_from_arg(args.model), backend=args.backend, precision=args.precision, device=args.device)
+    result = embedder.embed_rows(texts, input_type=args.input_type, dimensions=args.dimensions)
     for index, vector in zip(result.rows.tolist(), result.vectors):
         print(json.dumps({"index": index, "text": texts[index], "embedding": [round(float(x), 7) for x in vector]}))
     for error in result.errors:
@@ -117,26 +111,20 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import tempfile
-
     import yaml
 
-    from cluster.serving import serve_env
+    from cluster.serving import run_serve
+    from serve_apps.config import check_serve_config
 
-    with open(args.config) as fh:
-        config = yaml.safe_load(fh)
+    try:
+        with open(args.config) as fh:
+            config = yaml.safe_load(fh)
+    except OSError as e:
+        raise UserError(f"cannot read the Serve config {args.config}: {e.strerror}") from None
+    # Before Ray starts, so a config that cannot deploy is one message and exit code 2.
+    check_serve_config(config, args.config)
     config["http_options"] = {**config.get("http_options", {}), "host": args.host, "port": args.port}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump(config, fh)
-    command = [shutil.which("serve") or "serve", "run", fh.name]
-    if args.address:
-        command += ["--address", args.address]
-    else:  # `serve run` starts a local Ray: it must start with the ingress settings
-        os.environ.update(serve_env())
-    os.execvp(command[0], command)
-    return 0
+    return run_serve(config, address=args.address, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -145,7 +133,7 @@ def _models(args: argparse.Namespace) -> int:
         print(json.dumps([vars(s) | {"aliases": list(s.aliases)} for s in specs], indent=2))
         return 0
     header = ("name", "type", "dim", "tokens", "pooling", "norm", "licence", "aliases")
-    rows = [(s.name, s.modality if s.model_location else f"{s.modality} (give model_location)", str(s.dimensions),
+    rows = [(s.name, s.architecture if s.model_location else f"{s.architecture} (give model_location)", str(s.dimensions),
              str(s.max_tokens), s.pooling, "yes" if s.normalize else "no", s.licence, ", ".join(s.aliases)) for s in specs]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:

@@ -126,6 +126,9 @@ def ray_cluster(s3_server, model_cache):
     from cluster.serving import serve_env
 
     os.environ.update(serve_env())
+    # HAProxy's stats and Prometheus frontends on free ports: Serve's defaults (8404, 9101) stay free
+    # for the `rayembed serve` processes some tests start beside this cluster.
+    os.environ.update({"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
     port = free_port()
     ray.init(num_cpus=6, num_gpus=2, object_store_memory=512 * 1024**2, include_dashboard=True,
              dashboard_host="127.0.0.1", dashboard_port=port)
@@ -191,6 +194,6 @@ def random_clip(tmp_path_factory) -> dict:
     model.save_pretrained(folder)
     processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     processor.save_pretrained(folder)
-    spec = {"name": "random-clip", "modality": "clip", "dimensions": 32, "tokens": 77, "pooling": "none",
+    spec = {"name": "random-clip", "architecture": "clip", "dimensions": 32, "tokens": 77, "pooling": "none",
             "normalize": True, "model_location": str(folder)}
     return {"folder": folder, "model": model, "processor": processor, "spec": spec}

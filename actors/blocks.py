@@ -1,0 +1,68 @@
+"""The layout of the Arrow blocks that travel between the job's stages, in one place.
+
+Each stage adds or takes columns by these names and nowhere else: read + tokenise (or decode images)
+-> device actor -> write. Each packed column has its pack/unpack pair here, so a block's bytes are
+laid out and read back by the same code, and a stage checks the columns it needs with `require`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from actors.tokenize import Tokens
+
+# Data columns.
+TOKENS = "tokens"  # list<int32>: token ids per row (empty for rows with an error)
+PIXELS = "pixels"  # fixed_size_binary[h*w*3]: a CLIP job's decoded, cropped uint8 image per row
+TRUNCATED = "truncated"  # bool: the row was cut to the model's max tokens
+ERROR = "error"  # string: why the row cannot be embedded; null for good rows
+EMBEDDING = "embedding"  # fixed_size_list<float32>[dim]: the output vector
+# Bookkeeping: where each row came from, dropped before output.
+KEY, ROW, ROWS, INPUT = "__key", "__row", "__rows", "__input"
+IMAGE_SOURCE = "__image"  # an image's bytes, or the path/URI to read them from, until decoded
+BOOKKEEPING = (KEY, ROW, ROWS, INPUT, TRUNCATED, ERROR)
+
+
+class BlockLayoutError(RuntimeError):
+    """A stage got a block without the columns it needs: a bug in the pipeline, not in the data."""
+
+
+def require(block: pa.Table, columns: tuple[str, ...], stage: str) -> None:
+    missing = [c for c in columns if c not in block.column_names]
+    if missing:
+        raise BlockLayoutError(f"{stage} needs columns {missing}; the block has {block.column_names}")
+
+
+def pack_tokens(tokens: Tokens, rows: np.ndarray, n: int) -> pa.ListArray:
+    """Token lists for all `n` rows of a block, from `tokens` of the good `rows` (others get none)."""
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[rows] = tokens.lengths
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Tokens(tokens.ids, offsets, np.zeros(n, dtype=bool)).to_arrow()
+
+
+def unpack_tokens(block: pa.Table) -> Tokens:
+    return Tokens.from_arrow(block[TOKENS])
+
+
+def pack_pixels(pixels: np.ndarray, rows: np.ndarray, n: int) -> pa.FixedSizeBinaryArray:
+    """One fixed-size binary value per row of a block from uint8 [len(rows), h, w, 3] (zeros elsewhere)."""
+    width = int(np.prod(pixels.shape[1:]))
+    flat = np.zeros((n, width), dtype=np.uint8)
+    flat[rows] = pixels.reshape(len(rows), width)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(flat)])
+
+
+def unpack_pixels(block: pa.Table, crop: tuple[int, int]) -> np.ndarray:
+    """uint8 [n, h, w, 3] over the column's buffer, without a copy."""
+    column = block[PIXELS].combine_chunks()
+    size = column.type.byte_width
+    flat = np.frombuffer(column.buffers()[1], dtype=np.uint8)[column.offset * size : (column.offset + len(column)) * size]
+    return flat.reshape(len(column), crop[0], crop[1], 3)
+
+
+def pack_embeddings(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """Vectors as Arrow `fixed_size_list<float32>[dim]`, without a copy per row."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])

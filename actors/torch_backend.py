@@ -1,0 +1,83 @@
+"""The torch backend: the model as `transformers` loads it, with pooling and normalisation on the device.
+
+On CUDA the weights are cast to fp16 or bf16 and attention runs through
+`scaled_dot_product_attention`; on a CPU with AMX or avx512_bf16, bf16 runs as autocast over fp32
+weights (measured closer to sentence-transformers, min cos 0.99997, than weights loaded in bf16,
+0.9965, at the same speed). Only [rows, dim] is copied back to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from actors.catalog import ModelSpec
+from actors.devices import Device, available_cpus, gpu_fallback
+from actors.pooling import clip_features, l2_normalize, pool
+
+log = logging.getLogger("rayembed")
+
+
+class TorchSession:
+    """One model on one device. `run` takes token ids and the attention mask; `run_pixels` (CLIP) an image batch."""
+
+    backend = "torch"
+
+    def __init__(self, source: Path, spec: ModelSpec, device: Device, precision: str, threads: int | None = None) -> None:
+        import torch
+
+        self.torch, self.spec = torch, spec
+        if device.type == "cuda" and not torch.cuda.is_available():
+            device = gpu_fallback(device, "cpu", "torch sees no CUDA device")
+        self.device = device
+        self.threads = max(1, threads or available_cpus())
+        if device.type == "cpu":
+            torch.set_num_threads(self.threads)  # the CPUs this worker holds, not the node's
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        on_gpu = device.type == "cuda"
+        weights = dtype if on_gpu else torch.float32
+        self._autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" and not on_gpu \
+            else contextlib.nullcontext
+        if precision == "fp16" and not on_gpu:
+            weights = torch.float16  # runs, slowly: fp16 is a GPU precision
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a bar per load in every actor's log says nothing
+        if spec.is_clip:
+            from transformers import CLIPModel
+
+            model = CLIPModel.from_pretrained(source, attn_implementation="sdpa", dtype=weights)
+        else:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(source, attn_implementation="sdpa", dtype=weights)
+        self.model = model.eval().to(str(device))
+        self.provider = f"torch-{device.type}-{precision}"
+        log.info("torch session on %s, %s, %d threads", device, precision, self.threads)
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """float32 [rows, dim], pooled (and normalised where the model says) on the device."""
+        torch = self.torch
+        with torch.inference_mode(), self._autocast():
+            ids = torch.from_numpy(input_ids).to(str(self.device), non_blocking=True)
+            mask = torch.from_numpy(attention_mask).to(str(self.device), non_blocking=True)
+            if self.spec.is_clip:
+                vectors = clip_features(self.model.get_text_features(input_ids=ids.long(), attention_mask=mask)).float()
+            else:
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                vectors = pool(self.spec.pooling, hidden, mask)
+            return self._finish(vectors)
+
+    def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode(), self._autocast():
+            pixels = torch.from_numpy(pixel_values).to(str(self.device), dtype=next(self.model.parameters()).dtype)
+            return self._finish(clip_features(self.model.get_image_features(pixel_values=pixels)).float())
+
+    def _finish(self, vectors) -> np.ndarray:
+        if self.spec.normalize:
+            vectors = l2_normalize(vectors)
+        return vectors.float().cpu().numpy()

@@ -1,0 +1,52 @@
+"""Command-line flags, defined once for `rayembed encode`, `rayembed embed` and `python -m jobs.embed_corpus`.
+
+Light imports only: `rayembed --help` must not load the engine (onnxruntime, tokenizers, pillow).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from actors.catalog import DEFAULT_MODEL, INPUT_TYPES
+from actors.devices import BACKENDS, PRECISIONS
+from jobs.config import ROWS_PER_PART
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model, in which precision, for which side of a retrieval pair."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name or alias (default {DEFAULT_MODEL}; see 'rayembed models'), or a custom "
+        "model's properties as JSON or a .json file",
+    )
+    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
+                        help="onnx (ONNX Runtime) or torch; auto: the fastest measured for the device (README, The engine)")
+    parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                        help="auto: fp16 on a GPU, bf16 on CPUs with AMX/avx512_bf16, else fp32; int8 (onnx) is opt-in")
+    # --kind is the name this flag had first; kept so existing scripts still run.
+    parser.add_argument("--input-type", "--kind", dest="input_type", choices=INPUT_TYPES, default="passage",
+                        help="query or passage: which prefix the model adds (e5-style models; default passage)")
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The offline job's flags."""
+    parser.add_argument("input", metavar="INPUT", help="a corpus file, folder or glob: Parquet, JSONL or CSV (optionally .gz), local or s3://")
+    parser.add_argument("output", metavar="OUTPUT", help="folder for the Parquet output, local or s3://")
+    add_model_arguments(parser)
+    parser.add_argument("--id-column", default="id", help="the column with row ids (default id)")
+    parser.add_argument("--text-column", default="text", help="the column with the text to embed (default text)")
+    parser.add_argument("--image-column", help="with a CLIP model: the column of image bytes or image paths/URIs to embed "
+                        "instead of text (an INPUT folder of image files needs none)")
+    parser.add_argument("--keep", nargs="+", default=[], metavar="COL", help="columns to copy through to the output")
+    parser.add_argument("--min-actors", type=int, help="fewest device actors (default 1)")
+    parser.add_argument("--max-actors", type=int, help="most device actors (default: one per GPU, or per node's CPUs)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor, e.g. 1 or 0.5 (default 1 if the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-actor", type=float, help="CPUs per actor; also its engine threads (default 1 with GPUs, else a node's CPUs)")
+    # --batch-tokens is the flag's first name, kept as an alias.
+    parser.add_argument("--device-batch-tokens", "--batch-tokens", dest="device_batch_tokens", type=int,
+                        help="padded tokens per device run (default 2048 on CPU, 65536 on GPU)")
+    parser.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help=f"rows per device actor call, and at most per output file (default {ROWS_PER_PART})")
+    parser.add_argument("--resume", action="store_true", help="skip input files whose output is already complete")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint URL for a non-AWS server (else AWS_ENDPOINT_URL)")

@@ -1,0 +1,146 @@
+"""OpenAI's embeddings protocol: a request body to a typed request, vectors to a response body.
+
+Everything a client can get wrong is raised as one `RequestError`, which the app answers in
+OpenAI's error shape; nothing here knows how a vector is computed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from serve_apps.images import names_image
+
+EncodingFormat = Literal["float", "base64"]
+ENCODING_FORMATS: tuple[str, ...] = get_args(EncodingFormat)
+
+
+class RequestError(Exception):
+    """A request the app will not serve, with what OpenAI's error body says about it."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 error_type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.error_type = error_type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a request is checked against: a served model's name, width, and whether it takes images."""
+
+    name: str
+    dimensions: int
+    takes_images: bool
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    url: str  # a data:image URL, or a path/URI that serve_apps.images checks against image_roots
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    model: ModelCard
+    items: list[str | ImageInput]  # in the request's order
+    encoding_format: EncodingFormat
+    dimensions: int | None
+
+
+def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_bytes: int, max_inputs: int,
+                     image_roots: list[str]) -> EmbeddingsRequest:
+    """The request in a `/v1/embeddings` body; `models` maps each lower-cased served name and alias to its card."""
+    payload = _json_object(body, max_bytes)
+    model = _model(payload.get("model", ""), models)
+    items = _items(payload.get("input"), max_inputs)
+    return EmbeddingsRequest(
+        model=model,
+        items=[_item(i, item, model, image_roots) for i, item in enumerate(items)],
+        encoding_format=_encoding_format(payload.get("encoding_format", "float")),
+        dimensions=_dimensions(payload.get("dimensions"), model),
+    )
+
+
+def _json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(body) > max_bytes:
+        raise RequestError(413, f"request body is {len(body):,} bytes; the limit is {max_bytes:,}: "
+                                "send fewer or shorter inputs")
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise RequestError(400, "the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "the body must be a JSON object with 'model' and 'input'")
+    return payload
+
+
+def _model(name: object, models: Mapping[str, ModelCard]) -> ModelCard:
+    card = models.get(str(name).lower())
+    if card is None:
+        served = ", ".join(sorted({c.name for c in models.values()}))
+        raise RequestError(404, f"model {name!r} is not served here; served models: {served}", param="model",
+                           code="model_not_found")
+    return card
+
+
+def _items(inputs: object, max_inputs: int) -> list:
+    items = [inputs] if isinstance(inputs, (str, dict)) else inputs
+    if not isinstance(items, list) or not items:
+        raise RequestError(400, "'input' must be a string or a non-empty list of strings", param="input")
+    if len(items) > max_inputs:
+        raise RequestError(400, f"{len(items)} inputs in one request; the limit is {max_inputs}: split the request",
+                           param="input")
+    return items
+
+
+def _item(i: int, item: object, model: ModelCard, image_roots: list[str]) -> str | ImageInput:
+    if model.takes_images:
+        if isinstance(item, dict) and item.get("type") == "image_url":
+            url = item.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            return ImageInput(url if isinstance(url, str) else "")
+        if isinstance(item, str) and names_image(item, image_roots):
+            return ImageInput(item)
+    if isinstance(item, dict):
+        hint = "" if model.takes_images else f": {model.name} embeds text only"
+        raise RequestError(400, f"input[{i}] is an object; images are accepted only by CLIP models{hint}",
+                           param="input")
+    if not isinstance(item, str):
+        raise RequestError(400, f"input[{i}] is not a string (token arrays are not accepted): send text", param="input")
+    return item
+
+
+def _encoding_format(value: object) -> EncodingFormat:
+    if value not in ENCODING_FORMATS:
+        raise RequestError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    return value  # type: ignore[return-value]
+
+
+def _dimensions(value: object, model: ModelCard) -> int | None:
+    if value is not None and (not isinstance(value, int) or not 1 <= value <= model.dimensions):
+        raise RequestError(400, f"'dimensions' must be an integer from 1 to {model.dimensions} for {model.name}",
+                           param="dimensions")
+    return value
+
+
+def embeddings_body(vectors: np.ndarray, encoding_format: EncodingFormat, model: str, tokens: int,
+                    truncated: int) -> bytes:
+    """The response body: one embedding per input in request order, float lists or base64 little-endian float32."""
+    if encoding_format == "base64":
+        encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+    else:
+        encoded = vectors.tolist()
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_inputs": truncated}
+    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()

@@ -1,0 +1,105 @@
+"""Per-model serve.batch queues: requests that arrive together become one engine call.
+
+Texts are joined by unpadded tokens, a CLIP model's images by count. The engine call runs on a
+worker thread so the event loop keeps taking requests while the device works. One call can join
+requests that ask for different `dimensions`, so it embeds at full width and the engine cuts each
+request's part afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+from ray import serve
+from ray.serve import metrics
+
+from actors.embedder import Embedder
+from actors.tokenize import Tokens
+from serve_apps.config import ServedModel
+
+Inputs = TypeVar("Inputs", Tokens, np.ndarray)
+Queue = Callable[[Inputs, int | None], Awaitable[np.ndarray]]
+
+
+class BatchMetrics:
+    """On Ray's Prometheus endpoint next to Serve's own metrics, under one prefix; one update per engine call."""
+
+    def __init__(self) -> None:
+        self.inputs = metrics.Counter("rayembed_inputs", "Inputs embedded.", tag_keys=("model",))
+        self.tokens = metrics.Counter("rayembed_tokens", "Tokens embedded.", tag_keys=("model",))
+        self.batch_inputs = metrics.Histogram("rayembed_batch_inputs", "Inputs per engine batch.",
+                                              boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+                                              tag_keys=("model",))
+
+    def record(self, model: str, inputs: int, tokens: int = 0) -> None:
+        tags = {"model": model}
+        self.inputs.inc(inputs, tags)
+        self.batch_inputs.observe(inputs, tags)
+        if tokens:
+            self.tokens.inc(tokens, tags)
+
+
+@dataclass(frozen=True)
+class ModelQueues:
+    """The queues of one served model: `text(tokens, dimensions)`, and `images(pixels, dimensions)` for CLIP."""
+
+    text: Queue[Tokens]
+    images: Queue[np.ndarray] | None
+
+
+def model_queues(embedder: Embedder, served: ServedModel, batch_metrics: BatchMetrics) -> ModelQueues:
+    name = embedder.spec.name
+
+    def embed_text(tokens: Tokens) -> np.ndarray:
+        vectors = embedder.embed_tokens(tokens)
+        batch_metrics.record(name, len(tokens), int(tokens.offsets[-1]))
+        return vectors
+
+    def embed_pixels(pixels: np.ndarray) -> np.ndarray:
+        vectors = embedder.embed_pixels(pixels)
+        batch_metrics.record(name, len(pixels))
+        return vectors
+
+    text = batch_queue(embed_text, Tokens.concat, lambda tokens: int(tokens.offsets[-1]), served.queue_batch_tokens,
+                       served.batch_wait_timeout_s, embedder.shape)
+    images = None
+    if embedder.spec.is_clip:
+        images = batch_queue(embed_pixels, np.concatenate, len, served.max_batch_images, served.batch_wait_timeout_s,
+                             embedder.shape)
+    return ModelQueues(text, images)
+
+
+@dataclass(frozen=True)
+class _Job(Generic[Inputs]):
+    inputs: Inputs
+    dimensions: int | None
+
+
+def batch_queue(
+    embed: Callable[[Inputs], np.ndarray],
+    join: Callable[[list[Inputs]], Inputs],
+    size: Callable[[Inputs], int],
+    max_size: int,
+    wait_s: float,
+    shape: Callable[[np.ndarray, int | None], np.ndarray],
+) -> Queue[Inputs]:
+    """A queue that joins requests' inputs (`join`) up to `max_size` (by `size`), embeds them in one
+    call (`embed`, full width) and gives each request its rows cut to its dimensions (`shape`)."""
+
+    @serve.batch(max_batch_size=max_size, batch_wait_timeout_s=wait_s,
+                 batch_size_fn=lambda jobs: sum(size(job.inputs) for job in jobs))
+    async def joined(jobs: list[_Job[Inputs]]) -> list[np.ndarray]:
+        vectors = await asyncio.to_thread(embed, join([job.inputs for job in jobs]))
+        ends = np.cumsum([len(job.inputs) for job in jobs])[:-1]
+        return [shape(part, job.dimensions) for part, job in zip(np.split(vectors, ends), jobs, strict=True)]
+
+    async def submit(inputs: Inputs, dimensions: int | None) -> np.ndarray:
+        if size(inputs) > max_size:  # serve.batch refuses an item larger than a batch: it is a call of its own
+            return shape(await asyncio.to_thread(embed, inputs), dimensions)
+        return await joined(_Job(inputs, dimensions))
+
+    return submit
