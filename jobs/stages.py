@@ -33,7 +33,7 @@ from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.embedder import settle
 from actors.errors import UserError
-from actors.model_files import PREPROCESSOR_FILE, TOKENIZER_FILE
+from actors.model_files import PREPROCESSOR_FILE
 from actors.storage import read_bytes
 from actors.tokenize import Tokenizer
 from jobs.config import JobConfig
@@ -45,7 +45,7 @@ ERROR_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("input"
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(spec: ModelSpec, backend: Backend, precision: Precision) -> Tokenizer:
-    return Tokenizer(spec, settle(spec, backend, precision, "cpu")[2] / TOKENIZER_FILE)
+    return Tokenizer(spec, settle(spec, backend, precision, "cpu")[2])
 
 
 def missing_columns(columns: list[str], config: JobConfig) -> list[str]:
@@ -128,7 +128,7 @@ def _image_config(spec: ModelSpec, backend: Backend, precision: Precision) -> im
 def _tokenize_chunk(chunk: pa.Table, tokenizer: Tokenizer, config: JobConfig, path: str, key: str, start: int, total: int) -> pa.Table:
     n = chunk.num_rows
     texts = _column(chunk, config.text_column).to_pylist()
-    tokenized = tokenizer.encode(texts, config.input_type)
+    tokenized = tokenizer.encode(texts, config.prompt_used[1])
     errors = np.full(n, None, dtype=object)
     for e in tokenized.errors:
         errors[e.index] = e.reason

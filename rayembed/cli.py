@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed; '-' reads one text per line from stdin")
     add_model_arguments(encode)
     encode.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    encode.add_argument("--dimensions", type=int, help="keep the first N dimensions and re-normalise (Matryoshka-style)")
+    encode.add_argument("--dimensions", type=int, help="keep the first N dimensions and re-normalise: for models trained "
+                        "for it (Matryoshka; 'rayembed models' lists their sizes)")
     encode.set_defaults(run=_encode)
 
     embed = commands.add_parser(
@@ -73,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     serve_cmd.set_defaults(run=_serve)
 
-    models = commands.add_parser("models", help="list the model catalogue", description="List the built-in models and their properties.")
+    models = commands.add_parser(
+        "models", help="list the model catalogue",
+        description="List the catalogue's models and their properties, and which run here as they are; the others "
+        "need their files given as model_location (a folder, .tar.gz/.zip or s3://).")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models)
 
@@ -95,7 +99,8 @@ def _encode(args: argparse.Namespace) -> int:
 
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
     embedder = Embedder(model_from_arg(args.model), backend=args.backend, precision=args.precision, device=args.device)
-    result = embedder.embed_rows(texts, input_type=args.input_type, dimensions=args.dimensions)
+    result = embedder.embed_rows(texts, input_type=args.input_type, dimensions=args.dimensions, prompt_name=args.prompt_name,
+                                 prompt=args.prompt)
     for index, vector in zip(result.rows.tolist(), result.vectors):
         print(json.dumps({"index": index, "text": texts[index], "embedding": [round(float(x), 7) for x in vector]}))
     for error in result.errors:
@@ -128,13 +133,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from actors.model_files import ready_here
+
     specs = CATALOG.list()
     if args.json:
-        print(json.dumps([vars(s) | {"aliases": list(s.aliases)} for s in specs], indent=2))
+        print(json.dumps([vars(s) | {"aliases": list(s.aliases), "prompts": dict(s.prompts), "dense": [vars(d) for d in s.dense],
+                                     "ready": ready_here(s)} for s in specs], indent=2))
         return 0
-    header = ("name", "type", "dim", "tokens", "pooling", "norm", "licence", "aliases")
-    rows = [(s.name, s.architecture if s.model_location else f"{s.architecture} (give model_location)", str(s.dimensions),
-             str(s.max_tokens), s.pooling, "yes" if s.normalize else "no", s.licence, ", ".join(s.aliases)) for s in specs]
+    header = ("name", "type", "dim", "tokens", "pooling", "prompts", "matryoshka", "params", "licence", "here", "aliases")
+    rows = [(s.name, s.architecture, str(s.dimensions), str(s.max_tokens), s.pooling + ("" if s.normalize else ", raw"),
+             ", ".join(n for n, text in s.prompts if text) or "-", ",".join(map(str, s.matryoshka_dims)) or "-",
+             f"{s.parameters_m}M" if s.parameters_m else "-", s.licence,
+             "ready" if ready_here(s) else "give model_location", ", ".join(s.aliases)) for s in specs]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -32,6 +32,8 @@ class ServedModel(BaseModel):
     )
     max_batch_images: PositiveInt = 64  # CLIP models: images per engine call
     batch_wait_timeout_s: float = Field(0.002, ge=0)
+    # Engine calls joined at once: the next is joined and padded while one runs on the device.
+    max_concurrent_batches: PositiveInt = 2
 
 
 class AppConfig(BaseModel):
@@ -41,6 +43,9 @@ class AppConfig(BaseModel):
 
     models: list[ServedModel] = Field(default_factory=lambda: [ServedModel()], min_length=1)
     threads: PositiveInt | None = None  # engine threads per replica (default: the CPUs Ray gave it)
+    # Threads that tokenise requests (concurrent requests' texts together), off the event loop. A
+    # GPU replica gives them CPUs of their own (docs/serving.md: how many a GPU needs).
+    tokenizer_threads: PositiveInt = 1
     max_inputs_per_request: PositiveInt = 2048
     max_request_bytes: PositiveInt = 8 * 1024 * 1024
     # Where a CLIP model may read images named by path: local folders or s3:// prefixes. Empty: only

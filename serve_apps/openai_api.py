@@ -14,6 +14,7 @@ The request and response shapes are serve_apps/protocol.py's; the `args` are ser
 import asyncio
 import hmac
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +24,14 @@ from ray import serve
 
 from actors.embedder import Embedder
 from actors.errors import UserError
-from actors.tokenize import Tokens
+from actors.tokenize import Tokenized, Tokens
 from cluster.autoscaling import serve_autoscaling_config
 from cluster.resources import this_worker
 from serve_apps.config import AppConfig, check_app_args
 from serve_apps.images import ImageRefused, image_bytes
 from serve_apps.protocol import ImageInput, ModelCard, RequestError, embeddings_body, parse_embeddings
 from serve_apps.queues import BatchMetrics, ModelQueues, model_queues
+from serve_apps.tokenizing import TokenizeQueue
 
 api = FastAPI(title="rayembed", description="OpenAI-compatible embeddings")
 
@@ -51,7 +53,27 @@ async def _failed(request: Request, error: Exception) -> JSONResponse:
 @dataclass(frozen=True)
 class _Model:
     embedder: Embedder
+    tokenizer: TokenizeQueue
     queues: ModelQueues
+
+
+# Defined above the deployment: serve.ingress pickles the class where it is declared, with the
+# module's globals as they are then.
+def _model_entry(embedder: Embedder) -> dict:
+    """A served model in `GET /v1/models`: OpenAI's fields, and what a client needs to call it right."""
+    spec = embedder.spec
+    return {"id": spec.name, "object": "model", "owned_by": "rayembed", "dimensions": spec.dimensions,
+            "max_tokens": spec.max_tokens, "pooling": spec.pooling, "prompt_names": spec.prompt_names,
+            "default_prompt_name": spec.default_prompt_name, "matryoshka_dims": list(spec.matryoshka_dims),
+            "takes_images": spec.is_clip}
+
+
+def _tokens(tokenized: Tokenized, rows: list[int]) -> Tokens:
+    """The texts' tokens, or a 400 naming the first that cannot be embedded (`rows`: their places in the request)."""
+    if tokenized.errors:
+        first = tokenized.errors[0]
+        raise RequestError(400, f"input[{rows[first.index]}] cannot be embedded: {first.reason}", param="input")
+    return tokenized.tokens
 
 
 @serve.deployment(name="EmbeddingsAPI")
@@ -68,10 +90,13 @@ class EmbeddingsAPI:
                                 threads=self.config.threads or worker.threads)
             embedder.warmup()
             name = embedder.spec.name
-            self.models[name] = _Model(embedder, model_queues(embedder, served, batch_metrics))
-            card = ModelCard(name, embedder.dimensions, takes_images=embedder.spec.is_clip)
+            self.models[name] = _Model(embedder, TokenizeQueue(embedder, self.config.tokenizer_threads),
+                                       model_queues(embedder, served, batch_metrics))
+            card = ModelCard(embedder.spec)
             for alias in (name, *embedder.spec.aliases):
                 self.cards[alias.lower()] = card
+        # Image files are read and decoded here, apart from the engine's and the tokenizer's threads.
+        self.image_pool = ThreadPoolExecutor(2, thread_name_prefix="rayembed-images")
         # Read in the replica, never passed through Serve's config (which the dashboard shows).
         self.api_key = os.environ.get("RAYEMBED_API_KEY") or None
 
@@ -82,7 +107,7 @@ class EmbeddingsAPI:
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
         self._authorise(request)
-        data = [{"id": name, "object": "model", "owned_by": "rayembed"} for name in sorted(self.models)]
+        data = [_model_entry(self.models[name].embedder) for name in sorted(self.models)]
         return {"object": "list", "data": data}
 
     @api.post("/v1/embeddings")
@@ -96,8 +121,11 @@ class EmbeddingsAPI:
         texts = [parsed.items[i] for i in text_rows]
         urls = [parsed.items[i].url for i in image_rows]
         # Everything that can refuse the request runs before any of it joins a queue.
-        tokens = self._tokens(model.embedder, texts, text_rows) if texts else None
-        pixels = await asyncio.to_thread(self._pixels, model.embedder, urls, image_rows) if urls else None
+        tokens = _tokens(await model.tokenizer.tokenize(texts, parsed.prompt), text_rows) if texts else None
+        pixels = None
+        if urls:
+            loop = asyncio.get_running_loop()
+            pixels = await loop.run_in_executor(self.image_pool, self._pixels, model.embedder, urls, image_rows)
         vectors = np.empty((len(parsed.items), parsed.dimensions or model.embedder.dimensions), dtype=np.float32)
         if pixels is not None:
             vectors[image_rows] = await model.queues.images(pixels, parsed.dimensions)
@@ -114,15 +142,6 @@ class EmbeddingsAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.api_key.encode()):
             raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                code="invalid_api_key")
-
-    @staticmethod
-    def _tokens(embedder: Embedder, texts: list[str], rows: list[int]) -> Tokens:
-        """The texts' tokens; `rows` are their places in the request, for the message naming a bad one."""
-        tokenized = embedder.tokenize(texts)
-        if tokenized.errors:
-            first = tokenized.errors[0]
-            raise RequestError(400, f"input[{rows[first.index]}] cannot be embedded: {first.reason}", param="input")
-        return tokenized.tokens
 
     def _pixels(self, embedder: Embedder, urls: list[str], rows: list[int]) -> np.ndarray:
         """The images decoded and cropped (CPU work: run off the event loop); `rows` as in `_tokens`."""

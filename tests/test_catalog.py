@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rayembed import CATALOG, Embedder, ModelSpec
+from rayembed import CATALOG, Embedder, ModelSpec, UserError
 
 
 def test_aliases_resolve_to_the_default_model():
@@ -108,8 +108,8 @@ def test_missing_weights_package_says_what_to_install():
 
 
 def test_bad_properties_are_refused():
-    with pytest.raises(ValueError, match="pooling must be one of mean, cls, last_token"):
-        ModelSpec.from_properties(custom_properties("/x", pooling="max"))
+    with pytest.raises(ValueError, match="pooling must be one of mean, cls, max, last_token, weighted_mean, none"):
+        ModelSpec.from_properties(custom_properties("/x", pooling="sum"))
     with pytest.raises(ValueError, match=r"lack \['model_location'\]"):
         ModelSpec.from_properties({"name": "x", "dimensions": 8, "tokens": 8})
     with pytest.raises(ValueError, match=r"unknown model properties \['dims'\]"):
@@ -123,8 +123,62 @@ def test_models_command_lists_the_catalogue(capsys):
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     minilm = listed["sentence-transformers/all-MiniLM-L6-v2"]
     assert minilm["dimensions"] == 384 and minilm["licence"] == "Apache-2.0" and minilm["architecture"] == "encoder"
+    assert minilm["ready"] is True
     clip = listed["openai/clip-vit-base-patch32"]
     assert clip["architecture"] == "clip" and "ViT-B/32" in clip["aliases"] and clip["model_location"] == ""
+    assert clip["ready"] is False
+    qwen3 = listed["Qwen/Qwen3-Embedding-0.6B"]
+    assert qwen3["prompts"]["query"].startswith("Instruct: ") and qwen3["padding_side"] == "left" and qwen3["ready"] is False
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out
+    assert "give model_location" in table and "ready" in table
+
+
+# (name, dimensions, max tokens, pooling, licence): the issue's seeds' models, as their configs and cards say.
+SEEDS = [
+    ("onnx/all-mpnet-base-v2", 768, 384, "mean", "Apache-2.0"),
+    ("hf/all_datasets_v4_MiniLM-L6", 384, 128, "mean", "unknown"),
+    ("onnx/all_datasets_v3_mpnet-base", 768, 128, "mean", "unknown"),
+    ("BAAI/bge-small-en-v1.5", 384, 512, "cls", "MIT"),
+    ("bge-base-en-v1.5", 768, 512, "cls", "MIT"),
+    ("bge-large-en-v1.5", 1024, 512, "cls", "MIT"),
+    ("intfloat/e5-small-v2", 384, 512, "mean", "MIT"),
+    ("multilingual-e5-large", 1024, 512, "mean", "MIT"),
+    ("thenlper/gte-base", 768, 512, "mean", "MIT"),
+    ("nomic-embed-text-v1.5", 768, 8192, "mean", "Apache-2.0"),
+    ("mxbai-embed-large-v1", 1024, 512, "cls", "Apache-2.0"),
+    ("jina-embeddings-v2-small-en", 512, 8192, "mean", "Apache-2.0"),
+    ("snowflake-arctic-embed-m", 768, 512, "cls", "Apache-2.0"),
+    ("answerdotai/ModernBERT-base", 768, 8192, "mean", "Apache-2.0"),
+    ("ModernBERT-large", 1024, 8192, "mean", "Apache-2.0"),
+    ("Qwen/Qwen3-Embedding-0.6B", 1024, 32768, "last_token", "Apache-2.0"),
+    ("Qwen3-Embedding-4B", 2560, 32768, "last_token", "Apache-2.0"),
+    ("Qwen3-Embedding-8B", 4096, 32768, "last_token", "Apache-2.0"),
+    ("xlm-roberta-base", 768, 512, "mean", "MIT"),
+]
+
+
+@pytest.mark.parametrize("name, dimensions, tokens, pooling, licence", SEEDS)
+def test_the_seeds_models_are_catalogued_and_a_name_alone_says_what_to_provide(name, dimensions, tokens, pooling, licence):
+    spec = CATALOG.entry(name)
+    assert (spec.dimensions, spec.max_tokens, spec.pooling, spec.licence) == (dimensions, tokens, pooling, licence)
+    assert spec.parameters_m > 0 and spec.model_location == ""
+    with pytest.raises(UserError, match=r"has no weights that can be fetched here: give its files as model_location.*modules.json"):
+        CATALOG.resolve(name)
+
+
+def test_catalogued_prompts_and_matryoshka_sizes():
+    e5 = CATALOG.entry("e5-small-v2")
+    assert e5.prompt(input_type="query") == ("query", "query: ")
+    assert e5.prompt() == ("passage", "passage: ") and e5.prompt(input_type="document") == ("passage", "passage: ")
+    bge = CATALOG.entry("BAAI/bge-small-en-v1.5")
+    assert bge.prompt(input_type="query")[1] == "Represent this sentence for searching relevant passages: "
+    assert bge.prompt(input_type="passage") == (None, "") and bge.prompt() == (None, "")
+    qwen3 = CATALOG.entry("Qwen3-Embedding-0.6B")
+    assert qwen3.prompt(input_type="query")[1].startswith("Instruct: ") and qwen3.prompt(input_type="query")[1].endswith("\nQuery:")
+    assert qwen3.check_dimensions(256) == 256 and CATALOG.entry("nomic-embed-text-v1.5").check_dimensions(64) == 64
+    with pytest.raises(UserError, match="model 'BAAI/bge-small-en-v1.5' declares no Matryoshka dimensions"):
+        bge.check_dimensions(128)
 
 
 def test_marqo_style_modality_is_taken_as_architecture():
@@ -134,8 +188,6 @@ def test_marqo_style_modality_is_taken_as_architecture():
 
 
 def test_user_errors_are_one_type_that_keeps_the_builtin_one():
-    from rayembed import UserError
-
     with pytest.raises(UserError) as unknown:
         CATALOG.resolve("bge-huge")
     assert isinstance(unknown.value, KeyError) and str(unknown.value).startswith("unknown model 'bge-huge'")

@@ -24,7 +24,9 @@ def test_encode_prints_one_vector_per_text(fp32_embedder):
 
 
 def test_encode_reads_stdin_and_reports_bad_rows():
-    done = rayembed("encode", "--dimensions", "8", "-", stdin="first line\n\nthird line\n")
+    # `dimensions` needs a model that declares Matryoshka sizes: here the user's properties say so.
+    said = json.dumps({"name": "all-MiniLM-L6-v2", "matryoshka_dims": [8]})
+    done = rayembed("encode", "--model", said, "--dimensions", "8", "-", stdin="first line\n\nthird line\n")
     assert done.returncode == 1
     assert [len(json.loads(line)["embedding"]) for line in done.stdout.splitlines()] == [8, 8]
     assert "row 1 not embedded: empty" in done.stderr

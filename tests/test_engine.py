@@ -56,14 +56,19 @@ def test_huge_text_is_rejected_with_a_reason(fp32_embedder):
     assert result.rows.size == 0 and result.errors[0].reason.startswith("too long")
 
 
-def test_dimensions_truncate_and_renormalise(fp32_embedder):
-    full = fp32_embedder.embed(["matryoshka dolls"])
-    short = fp32_embedder.embed(["matryoshka dolls"], dimensions=64)
+def test_dimensions_truncate_and_renormalise_where_the_model_declares_matryoshka_sizes(fp32_embedder):
+    # all-MiniLM-L6-v2 was not trained for shorter vectors: `dimensions` is refused, naming the model...
+    with pytest.raises(ValueError, match="model 'sentence-transformers/all-MiniLM-L6-v2' declares no Matryoshka dimensions"):
+        fp32_embedder.embed(["x"], dimensions=64)
+    # ...unless the user's properties say it was.
+    said = Embedder({"name": "all-MiniLM-L6-v2", "matryoshka_dims": [64]}, precision="fp32", device="cpu")
+    full = said.embed(["matryoshka dolls"])
+    short = said.embed(["matryoshka dolls"], dimensions=64)
     assert short.shape == (1, 64)
     assert np.isclose(np.linalg.norm(short), 1.0, atol=1e-6)
     assert np.allclose(short, full[:, :64] / np.linalg.norm(full[:, :64]), atol=1e-6)
-    with pytest.raises(ValueError, match="between 1 and 384"):
-        fp32_embedder.embed(["x"], dimensions=1000)
+    with pytest.raises(ValueError, match="between 64 and 384"):
+        said.embed(["x"], dimensions=1000)
 
 
 def test_tokenise_in_one_place_embed_in_another(fp32_embedder):

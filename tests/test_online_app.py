@@ -31,9 +31,11 @@ def base_url(ray_cluster, unused_port):
     from actors.catalog import CATALOG
     from actors.export import model_folder
 
-    # A second model in the same app: a custom one, the default's ONNX export under another name.
+    # A second model in the same app: a custom one, the default's ONNX export under another name,
+    # whose properties say it takes Matryoshka dimensions and has e5-style prompts.
     copy = {"name": "minilm-copy", "dimensions": 384, "tokens": 256, "pooling": "mean", "normalize": True,
-            "model_location": str(model_folder(CATALOG.resolve(MODEL), "fp32"))}
+            "model_location": str(model_folder(CATALOG.resolve(MODEL), "fp32")), "matryoshka_dims": [64, 128, 384],
+            "query_prefix": "query: ", "passage_prefix": "passage: "}
     serve.run(build_app({"models": [{"model": MODEL, "precision": "fp32"}, {"model": copy, "precision": "fp32"}], **LIMITS}),
               name="open", route_prefix="/open")
     args = {"models": [{"model": MODEL, "precision": "fp32"}], **LIMITS}
@@ -75,16 +77,43 @@ def test_openai_client_gets_float_and_base64_vectors(client, fp32_embedder, sts_
 
 
 def test_requests_are_routed_by_model(client):
-    a = client.embeddings.create(model="minilm-copy", input="routed")
-    b = client.embeddings.create(model="onnx/all-MiniLM-L6-v2", input="routed")  # an alias routes too
+    a = client.embeddings.create(model="minilm-copy", input="routed")  # its default prompt is "passage: "
+    b = client.embeddings.create(model="onnx/all-MiniLM-L6-v2", input="passage: routed")  # an alias routes too
     assert a.model == "minilm-copy" and b.model == "sentence-transformers/all-MiniLM-L6-v2"
     assert np.allclose(a.data[0].embedding, b.data[0].embedding, atol=1e-6)
 
 
 def test_one_input_and_dimensions(client, fp32_embedder):
-    one = client.embeddings.create(model=MODEL, input="a single string", dimensions=64)
+    """`dimensions` works for a model that declares Matryoshka dimensions; for one that does not, a 400 names it."""
+    from openai import BadRequestError
+
+    one = client.embeddings.create(model="minilm-copy", input="a single string", dimensions=64)
     assert len(one.data) == 1 and len(one.data[0].embedding) == 64
-    assert np.allclose(one.data[0].embedding, fp32_embedder.embed(["a single string"], dimensions=64)[0], atol=1e-6)
+    full = fp32_embedder.embed(["passage: a single string"])[0]
+    assert np.allclose(one.data[0].embedding, full[:64] / np.linalg.norm(full[:64]), atol=1e-6)
+    with pytest.raises(BadRequestError, match="declares no Matryoshka dimensions"):
+        client.embeddings.create(model=MODEL, input="a single string", dimensions=64)
+
+
+def test_input_type_and_prompt_name_pick_the_prompt(client, fp32_embedder):
+    """NIM's and Cohere's `input_type`, TEI's `prompt_name`, as extra body fields the openai client sends."""
+    query = client.embeddings.create(model="minilm-copy", input=["what is ray"], extra_body={"input_type": "query"})
+    named = client.embeddings.create(model="minilm-copy", input=["what is ray"], extra_body={"prompt_name": "query"})
+    passage = client.embeddings.create(model="minilm-copy", input=["what is ray"])  # the model's default: passage
+    expected = fp32_embedder.embed(["query: what is ray", "passage: what is ray"])
+    assert np.allclose(query.data[0].embedding, expected[0], atol=1e-6)
+    assert np.allclose(named.data[0].embedding, expected[0], atol=1e-6)
+    assert np.allclose(passage.data[0].embedding, expected[1], atol=1e-6)
+    # prompt tokens count, as sentence-transformers counts them
+    assert query.usage.prompt_tokens == len(fp32_embedder.tokenize(["query: what is ray"]).tokens.ids)
+
+
+def test_models_list_says_how_to_call_each(base_url):
+    with urllib.request.urlopen(f"{base_url}/open/v1/models", timeout=30) as response:
+        listed = {m["id"]: m for m in json.loads(response.read())["data"]}
+    copy = listed["minilm-copy"]
+    assert copy["dimensions"] == 384 and copy["max_tokens"] == 256 and copy["pooling"] == "mean"
+    assert set(copy["prompt_names"]) >= {"query", "passage"} and copy["matryoshka_dims"] == [64, 128, 384]
 
 
 def test_base64_is_little_endian_float32(base_url, fp32_embedder):
@@ -165,9 +194,9 @@ def test_config_file_validates_with_serves_schema():
 
 
 def test_a_config_typo_fails_the_build_naming_the_key():
-    from pydantic import ValidationError
+    from actors.errors import UserError
 
-    with pytest.raises(ValidationError, match="precison"):
+    with pytest.raises(UserError, match="precison"):
         build_app({"models": [{"model": MODEL, "precison": "fp32"}]})
     # Configs written before the rename keep working: max_batch_tokens is queue_batch_tokens' old name.
     from serve_apps.config import AppConfig

@@ -109,6 +109,6 @@ def test_workers_share_exports_through_a_remote_cache(bucket, tmp_path, monkeypa
         raise AssertionError("node b exported instead of fetching")
 
     monkeypatch.setattr(actors.export, "to_int8", no_export)
-    monkeypatch.setattr(actors.export, "export_torch", no_export)
+    monkeypatch.setattr(actors.export, "export_encoder", no_export)
     second = Embedder("all-MiniLM-L6-v2", precision="int8", device="cpu").embed(["shared"])
     assert np.array_equal(first, second)
