@@ -43,7 +43,10 @@ class TorchSession:
         self._autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" and not on_gpu \
             else contextlib.nullcontext
         if precision == "fp16" and not on_gpu:
-            weights = torch.float16  # runs, slowly: fp16 is a GPU precision
+            # fp16 is a GPU precision: CPU kernels for it are many times slower than fp32, so a GPU
+            # worker that fell back to CPU (no NVIDIA device: a laptop, Ray's fake GPUs) computes in fp32.
+            log.warning("torch fp16 on CPU runs as fp32 (fp16 is for GPUs)")
+            precision = "fp32"
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # a bar per load in every actor's log says nothing

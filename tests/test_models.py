@@ -371,3 +371,57 @@ def test_random_qwen3_folder_on_s3_through_the_offline_job_with_its_query_prompt
     vectors, ids, meta = _output(out)
     assert_same(vectors, random_models.st("qwen3").encode([rows[i] for i in ids], prompt_name="query"))
     assert (meta["name"], meta["pooling"], meta["prompt_name"], meta["prompt"]) == ("qwen3", "last_token", "query", QWEN3_QUERY)
+
+
+MAIN_FAMILIES = ["bert", "roberta", "xlm-roberta", "mpnet", "modernbert-cls", "qwen3"]
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "modernbert-mean", "qwen3-right"])
+def test_random_family_folder_through_the_offline_job(ray_cluster, random_models, texts, tmp_path, family):
+    """Each family's folder, given only by its path, through the job (mpnet and qwen3 from S3: above)."""
+    from jobs.embed_corpus import main as embed_corpus
+
+    rows = _corpus(tmp_path / "in.jsonl", texts[:24])
+    folder = random_models.folders[family]
+    assert embed_corpus([str(tmp_path / "in.jsonl"), str(tmp_path / "out"), "--model", str(folder), *CPU_FLAGS]) == 0
+    vectors, ids, meta = _output(str(tmp_path / "out"))
+    assert_same(vectors, random_models.st(family).encode([rows[i] for i in ids]))
+    assert meta["name"] == folder.name and meta["model_location"] == str(folder)
+
+
+@pytest.fixture(scope="module")
+def served_families(ray_cluster, random_models, unused_port):
+    """One app serving a folder of each family, each given only by its path, over real Serve HTTP."""
+    from ray import serve
+
+    from serve_apps.openai_api import build_app
+
+    port = unused_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    models = [{"model": str(random_models.folders[f]), "precision": "fp32"} for f in MAIN_FAMILIES]
+    serve.run(build_app({"models": models}), name="families", route_prefix="/families")
+    yield f"http://127.0.0.1:{port}/families/v1"
+    serve.delete("families")
+
+
+@pytest.mark.parametrize("family", MAIN_FAMILIES)
+def test_random_family_folder_through_the_app_gives_sentence_transformers_vectors(served_families, random_models,
+                                                                                  texts, family):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=served_families, api_key="unused", max_retries=0)
+    got = client.embeddings.create(model=random_models.folders[family].name, input=texts[:12])
+    assert_same(np.array([d.embedding for d in got.data], dtype=np.float32), random_models.st(family).encode(texts[:12]))
+
+
+@pytest.mark.parametrize("family", ["xlm-roberta", "qwen3"])
+def test_random_model_query_prompt_online_is_sentence_transformers_prompt_name_query(served_families, random_models,
+                                                                                      texts, family):
+    """`encode(..., prompt_name="query")` equals the app's `input_type: "query"` (and `prompt_name`)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=served_families, api_key="unused", max_retries=0)
+    expected = random_models.st(family).encode(texts[:8], prompt_name="query")
+    for extra in ({"input_type": "query"}, {"prompt_name": "query"}):
+        got = client.embeddings.create(model=random_models.folders[family].name, input=texts[:8], extra_body=extra)
+        assert_same(np.array([d.embedding for d in got.data], dtype=np.float32), expected)
