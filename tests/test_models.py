@@ -401,7 +401,7 @@ def served_families(ray_cluster, random_models, unused_port):
     models = [{"model": str(random_models.folders[f]), "precision": "fp32"} for f in MAIN_FAMILIES]
     serve.run(build_app({"models": models}), name="families", route_prefix="/families")
     yield f"http://127.0.0.1:{port}/families/v1"
-    serve.delete("families")
+    serve.shutdown()  # not delete: Serve keeps its HTTP port, and the next module starts its own
 
 
 @pytest.mark.parametrize("family", MAIN_FAMILIES)
