@@ -18,10 +18,17 @@ PIXELS = "pixels"  # fixed_size_binary[h*w*3]: a CLIP job's decoded, cropped uin
 TRUNCATED = "truncated"  # bool: the row was cut to the model's max tokens
 ERROR = "error"  # string: why the row cannot be embedded; null for good rows
 EMBEDDING = "embedding"  # fixed_size_list<float32>[dim]: the output vector
-# Bookkeeping: where each row came from, dropped before output.
-KEY, ROW, ROWS, INPUT = "__key", "__row", "__rows", "__input"
+# Bookkeeping: where each row came from (jobs/readers.py), dropped before output. ROW is a row's
+# number in its input, or OFFSET the byte offset of its line; [SPAN, SPAN_END) the positions it
+# covers, LAST whether its span ends the input.
+KEY, INPUT, ROW, OFFSET, SPAN, SPAN_END, LAST = "__key", "__input", "__row", "__offset", "__span", "__span_end", "__last"
 IMAGE_SOURCE = "__image"  # an image's bytes, or the path/URI to read them from, until decoded
-BOOKKEEPING = (KEY, ROW, ROWS, INPUT, TRUNCATED, ERROR)
+BOOKKEEPING = (KEY, INPUT, ROW, OFFSET, SPAN, SPAN_END, LAST, TRUNCATED, ERROR)
+# The error of a row that stands for a stretch of an input with no rows (an empty file, blank
+# lines): it is never embedded or written, but its span counts toward the input's completeness.
+NO_ROWS = "\x00no rows"
+# Output columns a job's --keep may not name.
+RESERVED = ("id", EMBEDDING, TOKENS, PIXELS, IMAGE_SOURCE, *BOOKKEEPING)
 
 
 class BlockLayoutError(RuntimeError):

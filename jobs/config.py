@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from actors.blocks import RESERVED
 from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.errors import UserError
+from jobs.sources import UNIT_BYTES
 
 ROWS_PER_PART = 4096
 
@@ -23,6 +25,8 @@ class JobConfig:
     # folder as INPUT sets it to "image" and `id` to the path under the folder).
     image_column: str | None = None
     keep: tuple[str, ...] = ()
+    # A TSV without a header (MS MARCO's collection.tsv): its columns, in order.
+    columns: tuple[str, ...] | None = None
     # "auto" until the pool is planned: `settled` turns them into the one backend and precision
     # every stage uses.
     precision: Precision | Literal["auto"] = "auto"
@@ -41,10 +45,20 @@ class JobConfig:
     s3_endpoint: str | None = None
     # Rows per device actor call and at most per output file: the unit a retried task redoes.
     rows_per_part: int = ROWS_PER_PART
+    # Bytes of a large input per read task (jobs/sources.py).
+    read_bytes: int = UNIT_BYTES
 
     def __post_init__(self) -> None:
         if self.id_column == self.text_column:
             raise UserError("--id-column and --text-column must name different columns")
+        reserved = [c for c in self.keep if c in RESERVED]
+        if reserved:
+            raise UserError(f"--keep {' '.join(reserved)}: the output has its own column of that name; keep other columns")
+        if self.columns is not None and (self.id_column not in self.columns or self.text_column not in self.columns):
+            raise UserError(f"--columns {','.join(self.columns)} must name the id column {self.id_column!r} and the "
+                            f"text column {self.text_column!r}")
+        if self.read_bytes <= 0:
+            raise UserError("--read-bytes must be positive")
         if self.rows_per_part <= 0:
             raise UserError("--rows-per-part must be positive")
         if self.image_column and not self.model.is_clip:

@@ -9,7 +9,6 @@ it as a Ray job: `ray job submit --working-dir . -- python -m jobs.embed_corpus 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,9 +22,10 @@ from actors.export import EXPORT_VERSION
 from cluster.resources import CPU_STAGE_CPUS, PoolPlan
 from jobs.config import JobConfig
 from jobs.flags import add_job_arguments
+from jobs.readers import columns_of
 from jobs.sinks import OutputFolder
-from jobs.sources import IMAGES, columns_of, list_inputs
-from jobs.stages import decode_images, missing_columns, read_and_tokenize, write_parts
+from jobs.sources import IMAGES, InputFile, list_inputs, plan_units
+from jobs.stages import decode_images, needed_columns, read_and_tokenize, reader_columns, unit_rows, write_parts
 
 log = logging.getLogger("rayembed")
 
@@ -48,6 +48,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         text_column=args.text_column,
         image_column=args.image_column,
         keep=tuple(args.keep),
+        columns=args.columns,
         precision=args.precision,
         backend=args.backend,
         input_type=args.input_type,
@@ -62,6 +63,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         address=args.address,
         s3_endpoint=args.s3_endpoint,
         rows_per_part=args.rows_per_part,
+        read_bytes=args.read_bytes,
     )
 
 
@@ -76,73 +78,87 @@ def run(config: JobConfig) -> dict:
     started = time.perf_counter()
     if config.s3_endpoint:
         os.environ["AWS_ENDPOINT_URL"] = config.s3_endpoint  # before Ray starts: workers inherit it
-    files = list_inputs(config.input, images=config.model.is_clip)
+    files = list_inputs(config.input, images=config.model.is_clip, exclude=config.output)
     if files[0].format == IMAGES:
         config = replace(config, id_column="id", image_column="image", keep=())
-    columns = columns_of(files[0])
-    missing = missing_columns(columns, config)
-    if missing:
-        raise UserError(f"{files[0].path} has no column {missing}; its columns are {columns}")
-    output = OutputFolder(config.output)
-    output.remove_manifest()
-    done = output.complete_keys() if config.resume else set()
-    todo = [f for f in files if f.key not in done]
-    output.remove({f.key for f in todo})
+    _check_columns(files[0], config)  # a wrong --text-column stops the job here, before any work
 
     where = connect(config.address)
     plan = current_plan(min_actors=config.min_actors, max_actors=config.max_actors,
                         gpus_per_actor=config.gpus_per_actor, cpus_per_actor=config.cpus_per_actor)
     config = config.settled(on_gpus=bool(plan.gpus_per_actor))
+    model = _model_metadata(config)
+    inputs = {f.key: f.identity for f in files}
+    output = OutputFolder(config.output)
+    with output.lease(uuid.uuid4().hex[:12]):
+        done = output.start(model, config.resume, inputs)
+        todo = [f for f in files if f.key not in done]
+        units = [u for f in todo for u in plan_units(f, plan.max_actors, config.read_bytes)]
+        print(f"rayembed: {len(files)} input files ({len(done)} already done, {len(units)} read units) on {where}; "
+              f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), "
+              f"{config.model.name} {config.backend} {config.precision}", file=sys.stderr)
 
-    print(f"rayembed: {len(files)} input files ({len(files) - len(todo)} already done) on {where}; "
-          f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), "
-          f"{config.model.name} {config.backend} {config.precision}", file=sys.stderr)
+        stats_name = f"rayembed-stats-{uuid.uuid4().hex[:8]}"
+        collector = ray.remote(num_cpus=0)(StatsCollector).options(name=stats_name).remote()
+        written = _pipeline(config, units, plan, stats_name, model, inputs) if units else []
+        actors = ray.get(collector.collect.remote(), timeout=60)
+        ray.kill(collector)
 
-    stats_name = f"rayembed-stats-{uuid.uuid4().hex[:8]}"
-    collector = ray.remote(num_cpus=0)(StatsCollector).options(name=stats_name).remote()
-    written = _pipeline(config, todo, plan, stats_name) if todo else []
-    actors = ray.get(collector.collect.remote(), timeout=60)
-    ray.kill(collector)
-
-    seconds = time.perf_counter() - started
-    embedded, errors = output.count_rows()
-    tokens = sum(a["tokens"] for a in actors.values())
-    padded = sum(a["padded_tokens"] for a in actors.values())
-    this_run = sum(w["embedded"] + w["errors"] for w in written)
-    manifest = {
-        "input": config.input,
-        "output": config.output,
-        "files": len(files),
-        "files_skipped": len(files) - len(todo),
-        "model": _model_metadata(config),
-        "counts": {"rows_in": embedded + errors, "embedded": embedded, "errors": errors,
-                   "truncated": sum(w["truncated"] for w in written)},
-        "this_run": {"rows": this_run, "seconds": round(seconds, 2), "rows_per_s": round(this_run / seconds, 1),
-                     "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-                     # What the device ran, padding included: padded_tokens / tokens is the padding's cost.
-                     "padded_tokens": padded},
-        "pool": {"min_actors": plan.min_actors, "max_actors": plan.max_actors,
-                 "gpus_per_actor": plan.gpus_per_actor, "cpus_per_actor": plan.cpus_per_actor},
-        "actors": list(actors.values()),
-    }
-    output.write_manifest(manifest)
+        committed = output.commit(set(inputs), done)
+        for key in committed["vanished"]:
+            print(f"rayembed: removed the output of {key}: its input is no longer in {config.input}", file=sys.stderr)
+        seconds = time.perf_counter() - started
+        embedded, errors = output.count_rows()
+        tokens = sum(a["tokens"] for a in actors.values())
+        padded = sum(a["padded_tokens"] for a in actors.values())
+        this_run = sum(w["embedded"] + w["errors"] for w in written)
+        manifest = {
+            "input": config.input,
+            "output": config.output,
+            "files": len(files),
+            "files_skipped": len(done),
+            "read_units": len(units),
+            "model": model,
+            "counts": {"rows_in": embedded + errors, "embedded": embedded, "errors": errors,
+                       "truncated": sum(w["truncated"] for w in written)},
+            "this_run": {"rows": this_run, "seconds": round(seconds, 2), "rows_per_s": round(this_run / seconds, 1),
+                         "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
+                         # What the device ran, padding included: padded_tokens / tokens is the padding's cost.
+                         "padded_tokens": padded},
+            "inputs": {key: {**identity, "complete": key not in committed["incomplete"]} for key, identity in inputs.items()},
+            "removed": committed["vanished"],
+            "pool": {"min_actors": plan.min_actors, "max_actors": plan.max_actors,
+                     "gpus_per_actor": plan.gpus_per_actor, "cpus_per_actor": plan.cpus_per_actor},
+            "actors": list(actors.values()),
+        }
+        output.write_manifest(manifest)
+    if committed["incomplete"]:
+        print(f"rayembed: {len(committed['incomplete'])} inputs could not be read to the end (see {config.output}/_errors); "
+              "--resume tries them again", file=sys.stderr)
     print(f"rayembed: {embedded + errors} rows, {embedded} embedded, {errors} errors; this run {this_run} rows in "
           f"{seconds:.1f} s: {manifest['this_run']['rows_per_s']} rows/s, {manifest['this_run']['tokens_per_s']:.0f} tokens/s "
           f"-> {config.output}", file=sys.stderr)
     return manifest
 
 
-def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, stats_name: str) -> list[dict]:
+def _check_columns(file: InputFile, config: JobConfig) -> None:
+    names = columns_of(file, reader_columns(config))
+    missing = [c for c in needed_columns(config) if names is not None and c not in names]
+    if missing:
+        hint = " (its first line; a TSV without a header needs --columns, e.g. --columns id,text)" if file.format == "tsv" else ""
+        raise UserError(f"{file.path} has no column {missing}; its columns are {names}{hint}")
+
+
+def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, model: dict, inputs: dict) -> list[dict]:
     import ray
 
     from actors.device_actor import EmbedActor
 
-    metadata = {b"rayembed": json.dumps(_model_metadata(config)).encode()}
-    ds = ray.data.from_items([{"path": f.path, "key": f.key, "format": f.format} for f in todo], override_num_blocks=len(todo))
+    ds = ray.data.from_items([unit_rows(u) for u in units], override_num_blocks=len(units))
     ds = ds.map_batches(read_and_tokenize, batch_size=1, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
                         fn_kwargs={"config": config})
-    # Ray Data joins what a task yields into blocks of up to 128 MiB, so one input file would reach a
-    # single actor as one block; parts of rows_per_part rows spread it over the whole pool (streaming).
+    # A unit's rows reach Ray Data as blocks of up to 128 MiB; parts of rows_per_part rows spread a
+    # unit over the whole pool (streaming).
     ds = ds.repartition(target_num_rows_per_block=config.rows_per_part)
     # Its tasks ask for 1 CPU (repartition takes no resource arguments), which a CPU-only node never
     # has free beside an actor sized to the node: the job would wait forever. At the read's 0.25 CPU
@@ -162,7 +178,7 @@ def _pipeline(config: JobConfig, todo: list, plan: PoolPlan, stats_name: str) ->
                                "device_batch_tokens": config.device_batch_tokens, "stats_actor": stats_name},
     )
     ds = ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
-                        fn_kwargs={"output": config.output, "metadata": metadata})
+                        fn_kwargs={"output": config.output, "model": model, "inputs": inputs})
     return ds.take_all()
 
 

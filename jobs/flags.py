@@ -10,6 +10,7 @@ import argparse
 from actors.catalog import DEFAULT_MODEL, INPUT_TYPES
 from actors.devices import BACKENDS, PRECISIONS
 from jobs.config import ROWS_PER_PART
+from jobs.sources import UNIT_BYTES
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The offline job's flags."""
-    parser.add_argument("input", metavar="INPUT", help="a corpus file, folder or glob: Parquet, JSONL or CSV (optionally .gz), local or s3://")
+    parser.add_argument("input", metavar="INPUT", help="a corpus file, folder or glob: Parquet, JSON lines, CSV or TSV (optionally .gz), local or s3://")
     parser.add_argument("output", metavar="OUTPUT", help="folder for the Parquet output, local or s3://")
     add_model_arguments(parser)
     parser.add_argument("--id-column", default="id", help="the column with row ids (default id)")
@@ -45,6 +46,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", help="with a CLIP model: the column of image bytes or image paths/URIs to embed "
                         "instead of text (an INPUT folder of image files needs none)")
     parser.add_argument("--keep", nargs="+", default=[], metavar="COL", help="columns to copy through to the output")
+    parser.add_argument("--columns", type=lambda v: tuple(v.split(",")), metavar="A,B,...",
+                        help="a TSV without a header: its columns in order (MS MARCO's collection.tsv: id,text)")
     parser.add_argument("--min-actors", type=int, help="fewest device actors (default 1)")
     parser.add_argument("--max-actors", type=int, help="most device actors (default: one per GPU, or per node's CPUs)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs per actor, e.g. 1 or 0.5 (default 1 if the cluster has GPUs, else 0)")
@@ -53,6 +56,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-batch-tokens", "--batch-tokens", dest="device_batch_tokens", type=int,
                         help="padded tokens per device run (default 2048 on CPU, 65536 on GPU)")
     parser.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help=f"rows per device actor call, and at most per output file (default {ROWS_PER_PART})")
-    parser.add_argument("--resume", action="store_true", help="skip input files whose output is already complete")
+    parser.add_argument("--read-bytes", type=int, default=UNIT_BYTES, help=f"bytes of a large input per read task "
+                        f"(default {UNIT_BYTES // 2**20} MiB): a large file is read by many tasks at once")
+    parser.add_argument("--resume", action="store_true", help="keep the output of inputs already done by this model "
+                        "(and unchanged since); redo the rest")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     parser.add_argument("--s3-endpoint", help="S3 endpoint URL for a non-AWS server (else AWS_ENDPOINT_URL)")

