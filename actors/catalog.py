@@ -106,7 +106,12 @@ class Catalog:
         if folder.custom_code and not folder.has_onnx and not merged.get("trust_remote_code"):
             raise UserError(f"model {name!r}: {location}/config.json names Python code to load the model (auto_map); give "
                             '"trust_remote_code": true beside model_location if you trust that folder, or give its ONNX export')
-        if not folder.sentence_transformers and "pooling" not in merged:
+        task = merged.get("task", "embed")
+        if task == "sparse" and "dimensions" not in given and folder.vocab_size:
+            merged["dimensions"] = folder.vocab_size  # a plain BertForMaskedLM given the task: its vocabulary
+        if task == "rerank" and "dimensions" not in given:
+            merged["dimensions"] = 1
+        if not folder.sentence_transformers and "pooling" not in merged and task in ("embed", "late_interaction"):
             raise UserError(_what_to_add(name, location, merged))
         return _checked(merged)
 

@@ -26,6 +26,7 @@ from actors.devices import Backend, Device, Precision, choose_engine, cuda_usabl
 from actors.errors import UserError
 from actors.export import model_folder
 from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, has_torch_weights, locate
+from actors.sparse import SparseVectors
 from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens
 
 log = logging.getLogger("rayembed")
@@ -35,6 +36,8 @@ log = logging.getLogger("rayembed")
 # 30% faster than 64 on short sentences and 5% on mixed texts (8 was slower again: fixed cost per
 # run). A GPU wants large batches to stay busy, short texts too (bench/gpu.py sweeps both).
 DEVICE_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
+# A SPLADE model's MLM logits are [tokens, vocabulary] (30522 floats a token, 122 KB): fewer tokens a run.
+SPARSE_BATCH_TOKENS = {"cpu": 1024, "cuda": 8192}
 MAX_BATCH_ROWS = {"cpu": 16, "cuda": 4096}
 IMAGES_PER_BATCH = {"cpu": 8, "cuda": 256}
 
@@ -106,7 +109,8 @@ class Embedder:
 
             self.session = OnnxSession(folder / ONNX_FILE, requested, threads=threads, tensorrt=tensorrt)
         self.device = self.session.device
-        self.device_batch_tokens = device_batch_tokens or DEVICE_BATCH_TOKENS[self.device.type]
+        budget = SPARSE_BATCH_TOKENS if self.spec.task == "sparse" else DEVICE_BATCH_TOKENS
+        self.device_batch_tokens = device_batch_tokens or budget[self.device.type]
         self.stats = Stats()
         # On a GPU the next batch is padded on a CPU thread while one runs; on CPU that thread would
         # only take cores from the run.
@@ -129,6 +133,7 @@ class Embedder:
 
     def embed_tokens(self, tokens: Tokens, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(tokens), dim] in the order of `tokens`."""
+        self._expect("embed")
         dim = self._check_dimensions(dimensions)
         out = np.empty((len(tokens), self.spec.dimensions), dtype=np.float32)
         if not len(tokens):
@@ -144,6 +149,59 @@ class Embedder:
         self.stats.tokens += int(tokens.offsets[-1])
         self.stats.seconds += time.perf_counter() - started
         return out
+
+    def sparse_tokens(self, tokens: Tokens) -> SparseVectors:
+        """A SPLADE model's sparse vectors, one per row of `tokens` in its order (only the non-zero
+        terms come back from the device)."""
+        self._expect("sparse")
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for rows, out in self._runs(tokens):
+            batch_rows, terms, weights = out
+            parts.append((rows[batch_rows], terms, weights))
+        if not parts:
+            return SparseVectors.from_coordinates(len(tokens), *(np.zeros(0, np.int64),) * 2, np.zeros(0, np.float32))
+        rows, terms, weights = (np.concatenate(column) for column in zip(*parts))
+        order = np.lexsort((terms, rows))  # batches are packed by length, not in row order
+        return SparseVectors.from_coordinates(len(tokens), rows[order], terms[order], weights[order])
+
+    def score_tokens(self, tokens: Tokens) -> np.ndarray:
+        """A reranker's float32 score for each (query, document) pair in `tokens` (Tokenizer.encode_pairs)."""
+        self._expect("rerank")
+        scores = np.empty(len(tokens), dtype=np.float32)
+        for rows, (batch_scores,) in self._runs(tokens):
+            scores[rows] = batch_scores
+        return scores
+
+    def tokenize_pairs(self, queries: list, documents: list) -> Tokenized:
+        return self.tokenizer.encode_pairs(queries, documents)
+
+    def rerank(self, query: str, documents: list) -> np.ndarray:
+        """Scores of `query` against each document, in the documents' order; a UserError naming bad ones."""
+        tokenized = self.tokenize_pairs([query] * len(documents), documents)
+        if tokenized.errors:
+            listed = "; ".join(f"document {e.index}: {e.reason}" for e in tokenized.errors[:10])
+            raise UserError(f"{len(tokenized.errors)} of {len(documents)} pairs cannot be scored: {listed}")
+        return self.score_tokens(tokenized.tokens)
+
+    def _runs(self, tokens: Tokens):
+        """(rows, the session's outputs) for each token-budget batch of `tokens`, with the stats kept."""
+        if not len(tokens):
+            return
+        started = time.perf_counter()
+        batches = pack_by_tokens(tokens.lengths, self.device_batch_tokens, MAX_BATCH_ROWS[self.device.type])
+        for rows, (input_ids, mask) in zip(batches, self._padded(tokens, batches)):
+            yield rows, self.session.run_all(input_ids, mask)
+            self.stats.batches += 1
+            self.stats.padded_tokens += input_ids.size
+        self.stats.rows += len(tokens)
+        self.stats.tokens += int(tokens.offsets[-1])
+        self.stats.seconds += time.perf_counter() - started
+
+    def _expect(self, task: str) -> None:
+        if self.spec.task != task:
+            calls = {"embed": "embed_tokens", "sparse": "sparse_tokens", "rerank": "score_tokens"}
+            raise UserError(f"{self.spec.name} is a {self.spec.task} model: call {calls.get(self.spec.task, 'its own method')}, "
+                            f"not {calls[task]}")
 
     def _padded(self, tokens: Tokens, batches: list[np.ndarray]):
         """Each batch's (ids, mask), the next one prepared while the caller runs this one (GPU only)."""
@@ -214,7 +272,12 @@ class Embedder:
 
     def warmup(self) -> None:
         """Run one batch so the first real request does not pay for the session's lazy setup."""
-        self.embed(["warm up"] * 4)
+        if self.spec.task == "rerank":
+            self.score_tokens(self.tokenize_pairs(["warm up"] * 4, ["a document"] * 4).tokens)
+        elif self.spec.task == "sparse":
+            self.sparse_tokens(self.tokenize(["warm up"] * 4).tokens)
+        else:
+            self.embed(["warm up"] * 4)
         if self.image_session is not None:
             self.embed_pixels(np.zeros((2, *self.image_config.crop, 3), dtype=np.uint8))
         self.stats = Stats()

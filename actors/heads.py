@@ -63,3 +63,65 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
         return load_file(folder / "model.safetensors")
     return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+
+
+class Splade(torch.nn.Module):
+    """SPLADE on the device: MLM logits -> log(1 + relu) -> max over the real tokens, and only the
+    non-zero entries back: (row, term, weight) triples in row, then term order (a graph's NonZero).
+    A row of 30522 floats would cost 120 KB to copy back; its ~100-300 non-zero terms ~2 KB."""
+
+    def forward(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weights = torch.log1p(torch.relu(logits.float())) * attention_mask.unsqueeze(-1).to(torch.float32)
+        pooled = torch.amax(weights, dim=1)
+        where = torch.nonzero(pooled)
+        rows, terms = where[:, 0], where[:, 1]
+        return rows, terms, pooled[rows, terms]
+
+
+class PairTypes(torch.nn.Module):
+    """Segment ids of (query, document) pairs from the ids alone: 1 after the first separator, as a
+    BERT tokenizer gives `[CLS] query [SEP] document [SEP]`, so no third input crosses to the device."""
+
+    def __init__(self, separator: int) -> None:
+        super().__init__()
+        self.separator = separator
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        seen = (input_ids == self.separator).to(torch.int64)
+        return ((torch.cumsum(seen, dim=1) - seen) > 0).to(torch.int64)
+
+
+class TaskModel(torch.nn.Module):
+    """The model for a task other than dense embedding, ending as the engine wants it: `sparse` gives
+    Splade's triples, `rerank` one score per pair (the activation applied)."""
+
+    def __init__(self, spec: ModelSpec, source: Path, attn: str = "eager", dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+        self.task, self.sigmoid = spec.task, spec.score_activation == "sigmoid"
+        cls = AutoModelForMaskedLM if spec.task == "sparse" else AutoModelForSequenceClassification
+        self.model = cls.from_pretrained(source, attn_implementation=attn, dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        self.splade = Splade() if spec.task == "sparse" else None
+        types = getattr(self.model.config, "type_vocab_size", 1)
+        self.types = PairTypes(separator_id(source)) if spec.task == "rerank" and types > 1 else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        extra = {"token_type_ids": self.types(input_ids)} if self.types is not None else {}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+        if self.splade is not None:
+            return self.splade(logits, attention_mask)
+        scores = logits[:, 0].float()
+        return torch.sigmoid(scores) if self.sigmoid else scores
+
+
+def separator_id(folder: Path) -> int:
+    """The id of the token that ends the first text of a pair ([SEP], </s>), from the folder's tokenizer."""
+    from actors.tokenize import load_tokenizer
+
+    tokenizer = load_tokenizer(folder)
+    for token in ("[SEP]", "</s>"):
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            return found
+    raise UserError(f"{folder}: the tokenizer has no [SEP] or </s> to tell a pair's two texts apart")

@@ -47,7 +47,7 @@ class OnnxSession:
                                    f"{', '.join(ort.get_available_providers())}; GPU nodes need onnxruntime-gpu)")
         log.info("onnxruntime session on %s with %s, %d threads", self.device, self.provider, self.threads)
         self.inputs = {i.name: _NUMPY.get(i.type, np.int64) for i in self.session.get_inputs()}
-        self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     @staticmethod
     def _providers(device: Device, tensorrt: bool) -> list:
@@ -59,6 +59,10 @@ class OnnxSession:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """float32 [rows, dim]: pooled (and normalised where the model says) inside the graph."""
+        return self.run_all(input_ids, attention_mask)[0]
+
+    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph: a SPLADE graph's (rows, terms, weights), a reranker's scores."""
         given = {"input_ids": input_ids, "attention_mask": attention_mask}
         # A user's own graph may take token_type_ids: single texts are all segment 0.
         feeds = {name: given.get(name, np.zeros_like(input_ids)).astype(dtype, copy=False) for name, dtype in self.inputs.items()}
@@ -66,19 +70,20 @@ class OnnxSession:
 
     def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         """An image tower: float32 [n, 3, h, w] in, [n, dim] out."""
-        return self._run({next(iter(self.inputs)): pixel_values})
+        return self._run({next(iter(self.inputs)): pixel_values})[0]
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.device.type != "cuda":
-            return self.session.run([self.output_name], feeds)[0]
-        # On CUDA the inputs are copied once into device buffers and the output stays there until
-        # the one copy back of [rows, dim].
+            return self.session.run(self.output_names, feeds)
+        # On CUDA the inputs are copied once into device buffers and the outputs stay there until
+        # the one copy back of what the graph gives ([rows, dim], or a SPLADE graph's non-zero entries).
         binding = self.session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        binding.bind_output(self.output_name, "cuda", self.device.index)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", self.device.index)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.copy_outputs_to_cpu()
 
 
 def _preload_cuda_libraries() -> None:

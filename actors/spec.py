@@ -25,6 +25,14 @@ PASSAGE_PROMPTS = ("document", "passage", "corpus")
 # "encoder": one text encoder. "clip": a dual encoder, an image tower and a text tower in one space.
 Architecture = Literal["encoder", "clip"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+# What a model computes. embed: one dense vector per text (the default); sparse: a SPLADE model's
+# vocabulary-sized sparse vector; bm25: sparse term weights with no weights at all (actors/bm25.py);
+# rerank: a cross-encoder's relevance score for a (query, document) pair; late_interaction: ColBERT's
+# vectors, one per token.
+Task = Literal["embed", "sparse", "bm25", "rerank", "late_interaction"]
+TASKS: tuple[str, ...] = get_args(Task)
+# A reranker's score from its logit (sentence-transformers' CrossEncoder activation_fn).
+ScoreActivation = Literal["sigmoid", "identity"]
 PaddingSide = Literal["right", "left"]
 # The names users' model properties had before `architecture` (Marqo's "modality": "clip").
 _MODALITY_ALIASES = {"text": "encoder", "clip": "clip"}
@@ -61,6 +69,9 @@ class ModelSpec:
     # Empty only in catalogue entries whose weights can't be had here: the user gives the location.
     model_location: str = ""
     architecture: Architecture = "encoder"
+    task: Task = "embed"
+    # rerank: how the classifier's one logit becomes the score (sigmoid, as CrossEncoder for one label).
+    score_activation: ScoreActivation = "sigmoid"
     aliases: tuple[str, ...] = ()
     # (name, text) pairs, as sentence-transformers' `prompts`: the text is put before the input.
     # A tuple, not a dict, so that a spec stays hashable (a cache key in the job's stages).
@@ -94,6 +105,12 @@ class ModelSpec:
             raise UserError(f"model {self.name!r}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.architecture not in ARCHITECTURES:
             raise UserError(f"model {self.name!r}: architecture must be one of {', '.join(ARCHITECTURES)}, got {self.architecture!r}")
+        if self.task not in TASKS:
+            raise UserError(f"model {self.name!r}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.score_activation not in get_args(ScoreActivation):
+            raise UserError(f"model {self.name!r}: score_activation must be sigmoid or identity, got {self.score_activation!r}")
+        if self.task != "embed" and self.is_clip:
+            raise UserError(f"model {self.name!r}: a CLIP model embeds (task embed), not {self.task}")
         if self.dimensions <= 0 or self.max_tokens <= 0:
             raise UserError(f"model {self.name!r}: dimensions and max_tokens must be positive")
         if self.padding_side not in get_args(PaddingSide):
@@ -117,6 +134,10 @@ class ModelSpec:
     @property
     def is_clip(self) -> bool:
         return self.architecture == "clip"
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.task in ("sparse", "bm25")
 
     def check_dimensions(self, dimensions: int | None) -> int:
         """The width a caller's `dimensions` gives (the full width for None); a UserError naming the

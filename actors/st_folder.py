@@ -47,6 +47,8 @@ class FolderModel:
     # config.json names Python code (auto_map) that transformers would have to run to load the model.
     custom_code: bool = False
     has_onnx: bool = False
+    # config.json's vocab_size: a SPLADE model's dimensions.
+    vocab_size: int | None = None
 
 
 def read_folder(location: str, name: str) -> FolderModel:
@@ -61,19 +63,56 @@ def read_folder(location: str, name: str) -> FolderModel:
     if tokenizer_config.get("padding_side") in ("left", "right"):
         props["padding_side"] = tokenizer_config["padding_side"]
     positions = _usable_positions(config)
+    vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
     modules = files.json("modules.json")
+    found = {"custom_code": "auto_map" in config, "has_onnx": files.exists("model.onnx"), "vocab_size": vocab}
     if modules is None:
         limit = _tokenizer_limit(tokenizer_config, positions)
         if limit:
             props["max_tokens"] = limit
-        return FolderModel(props, False, "auto_map" in config, files.exists("model.onnx"))
+        return FolderModel(props, False, **found)
     sbert = files.json("sentence_bert_config.json") or {}
-    props.update(_pipeline(files, modules, hidden))
+    kind = (files.json("config_sentence_transformers.json") or {}).get("model_type")
+    if kind == "SparseEncoder":
+        props.update(_splade(files, modules, vocab))
+    elif kind == "CrossEncoder":
+        props.update(_cross_encoder(files, config))
+    else:
+        props.update(_pipeline(files, modules, hidden))
     props["max_tokens"] = _max_tokens(files, sbert, tokenizer_config, positions)
     if "do_lower_case" in sbert:
         props["lowercase"] = bool(sbert["do_lower_case"])
     props.update(_prompts(files))
-    return FolderModel(props, True, "auto_map" in config, files.exists("model.onnx"))
+    return FolderModel(props, True, **found)
+
+
+def _splade(files: _Files, modules: object, vocab: int | None) -> dict[str, Any]:
+    """A sentence-transformers SparseEncoder: an MLM transformer, then SpladePooling (max of log(1 + relu))."""
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules] if isinstance(modules, list) else []
+    if kinds != ["MLMTransformer", "SpladePooling"] and kinds != ["Transformer", "SpladePooling"]:
+        raise UserError(f"{files.where('modules.json')}: type lists {kinds}; rayembed runs a SparseEncoder as an MLM "
+                        "transformer, then SpladePooling")
+    path = f"{modules[1].get('path', '')}/config.json"
+    pooling = files.json(path, required=True)
+    if (pooling.get("pooling_strategy", "max"), pooling.get("activation_function", "relu")) != ("max", "relu"):
+        raise UserError(f"{files.where(path)}: pooling_strategy {pooling.get('pooling_strategy')!r} with activation "
+                        f"{pooling.get('activation_function')!r}; rayembed runs SPLADE's max of log(1 + relu)")
+    if not vocab:
+        raise UserError(f"{files.where('config.json')}: a SPLADE model's vocab_size is its dimensions, and none is given")
+    return {"task": "sparse", "dimensions": vocab, "normalize": False}
+
+
+def _cross_encoder(files: _Files, config: dict) -> dict[str, Any]:
+    """A sentence-transformers CrossEncoder: a sequence classifier with one label, and the activation of its score."""
+    if config.get("num_labels", len(config.get("id2label") or {0: ""})) != 1:
+        raise UserError(f"{files.where('config.json')}: a reranker gives one score, so one label; this one has "
+                        f"{len(config.get('id2label') or {})}")
+    activation = (files.json("config_sentence_transformers.json") or {}).get("activation_fn") or "torch.nn.modules.activation.Sigmoid"
+    known = {"Sigmoid": "sigmoid", "Identity": "identity"}
+    if activation.rsplit(".", 1)[-1] not in known:
+        raise UserError(f"{files.where('config_sentence_transformers.json')}: activation_fn {activation!r}; rayembed "
+                        "scores with Sigmoid or Identity")
+    return {"task": "rerank", "dimensions": 1, "normalize": False, "score_activation": known[activation.rsplit(".", 1)[-1]]}
 
 
 def _pipeline(files: _Files, modules: object, hidden: int | None) -> dict[str, Any]:

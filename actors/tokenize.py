@@ -125,6 +125,22 @@ class Tokenizer:
         self._tok.enable_truncation(max_length=spec.max_tokens)
         self._tok.no_padding()
 
+    def encode_pairs(self, queries: list, documents: list) -> Tokenized:
+        """Token ids of (query, document) pairs, as a cross-encoder reads them (`[CLS] q [SEP] d [SEP]`),
+        cut to the model's max tokens from the longer side first (transformers' longest_first)."""
+        good: list[tuple[str, str]] = []
+        rows: list[int] = []
+        errors: list[RowError] = []
+        for i, (query, document) in enumerate(zip(queries, documents, strict=True)):
+            query, reason = check_text(query)
+            document, doc_reason = check_text(document) if not reason else ("", "")
+            if reason or doc_reason:
+                errors.append(RowError(i, f"query: {reason}" if reason else f"document: {doc_reason}"))
+            elif _encodable(query, i, errors) and _encodable(document, i, errors):
+                rows.append(i)
+                good.append((query, document))
+        return self._tokenized(self._tok.encode_batch(good, add_special_tokens=True), rows, errors)
+
     def encode(self, texts: list, prompt: str = "") -> Tokenized:
         """Token ids of `prompt + text` for each usable text: the prompt's tokens count toward the
         limit and the token counts, as in sentence-transformers."""
@@ -146,6 +162,10 @@ class Tokenizer:
             good, rows = [good[j] for j in keep], [rows[j] for j in keep]
             errors.sort(key=lambda e: e.index)
             encodings = self._tok.encode_batch(good, add_special_tokens=True)
+        return self._tokenized(encodings, rows, errors)
+
+    @staticmethod
+    def _tokenized(encodings: list, rows: list[int], errors: list[RowError]) -> Tokenized:
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])

@@ -50,8 +50,12 @@ class TorchSession:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # a bar per load in every actor's log says nothing
-        self.head = None
-        if spec.is_clip:
+        self.head = self.task_model = None
+        if spec.task != "embed":
+            from actors.heads import TaskModel
+
+            self.task_model = model = TaskModel(spec, source, attn="sdpa", dtype=weights)
+        elif spec.is_clip:
             from transformers import CLIPModel
 
             model = CLIPModel.from_pretrained(source, attn_implementation="sdpa", dtype=weights)
@@ -68,15 +72,22 @@ class TorchSession:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """float32 [rows, dim], pooled (and normalised where the model says) on the device."""
+        return self.run_all(input_ids, attention_mask)[0]
+
+    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+        """What the model gives, as the ONNX graph of the same task does (OnnxSession.run_all)."""
         torch = self.torch
         with torch.inference_mode(), self._autocast():
             ids = torch.from_numpy(input_ids).to(str(self.device), non_blocking=True)
             mask = torch.from_numpy(attention_mask).to(str(self.device), non_blocking=True)
+            if self.task_model is not None:
+                out = self.task_model(ids.long(), mask)
+                return [t.cpu().numpy() for t in (out if isinstance(out, tuple) else (out,))]
             if self.head is None:
                 vectors = clip_features(self.model.get_text_features(input_ids=ids.long(), attention_mask=mask)).float()
-                return self._finish(vectors)
+                return [self._finish(vectors)]
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            return self.head(hidden, mask).float().cpu().numpy()
+            return [self.head(hidden, mask).float().cpu().numpy()]
 
     def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         torch = self.torch
