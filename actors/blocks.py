@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from actors.sparse import SparseVectors
 from actors.tokenize import Tokens
 
 # Data columns.
@@ -18,6 +19,8 @@ PIXELS = "pixels"  # fixed_size_binary[h*w*3]: a CLIP job's decoded, cropped uin
 TRUNCATED = "truncated"  # bool: the row was cut to the model's max tokens
 ERROR = "error"  # string: why the row cannot be embedded; null for good rows
 EMBEDDING = "embedding"  # fixed_size_list<float32>[dim]: the output vector
+INDICES, VALUES = "indices", "values"  # list<int32>, list<float32>: a sparse model's output, indices ascending
+SCORE = "score"  # float32: a reranker's output for a (query, text) pair
 # Bookkeeping: where each row came from (jobs/readers.py), dropped before output. ROW is a row's
 # number in its input, or OFFSET the byte offset of its line; [SPAN, SPAN_END) the positions it
 # covers, LAST whether its span ends the input.
@@ -28,7 +31,7 @@ BOOKKEEPING = (KEY, INPUT, ROW, OFFSET, SPAN, SPAN_END, LAST, TRUNCATED, ERROR)
 # lines): it is never embedded or written, but its span counts toward the input's completeness.
 NO_ROWS = "\x00no rows"
 # Output columns a job's --keep may not name.
-RESERVED = ("id", EMBEDDING, TOKENS, PIXELS, IMAGE_SOURCE, *BOOKKEEPING)
+RESERVED = ("id", EMBEDDING, INDICES, VALUES, SCORE, TOKENS, PIXELS, IMAGE_SOURCE, *BOOKKEEPING)
 
 
 class BlockLayoutError(RuntimeError):
@@ -73,3 +76,13 @@ def unpack_pixels(block: pa.Table, crop: tuple[int, int]) -> np.ndarray:
 def pack_embeddings(vectors: np.ndarray) -> pa.FixedSizeListArray:
     """Vectors as Arrow `fixed_size_list<float32>[dim]`, without a copy per row."""
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def pack_sparse(vectors: SparseVectors, rows: np.ndarray, n: int) -> tuple[pa.ListArray, pa.ListArray]:
+    """`indices` and `values` columns for all `n` rows of a block from the vectors of the good `rows`
+    (ascending; others get empty lists)."""
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[rows] = np.diff(vectors.offsets)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return SparseVectors(offsets, vectors.indices, vectors.values).to_arrow()

@@ -25,8 +25,8 @@ log = logging.getLogger("rayembed")
 
 
 class EmbedActor:
-    """Adds an `embedding` column to blocks that carry a `tokens` (or `pixels`) column; rows with an
-    `error` are skipped."""
+    """Adds an `embedding` column to blocks that carry a `tokens` (or `pixels`) column, or a sparse
+    model's `indices` and `values`, or a reranker's `score`; rows with an `error` are skipped."""
 
     def __init__(self, spec: ModelSpec, backend: Backend, precision: Precision, device_batch_tokens: int | None,
                  stats_actor: str | None) -> None:
@@ -48,6 +48,19 @@ class EmbedActor:
         source = blocks.PIXELS if self.embedder.spec.is_clip and blocks.PIXELS in block.column_names else blocks.TOKENS
         blocks.require(block, (source, blocks.ERROR), "the embedding actor")
         rows = np.flatnonzero(block[blocks.ERROR].is_null().to_numpy(zero_copy_only=False))
+        task = self.embedder.spec.task
+        if task != "embed":  # sparse vectors or scores of the token rows; bad rows get empty ones
+            tokens = blocks.unpack_tokens(block).take(rows)
+            out = block.drop_columns([source])
+            if task == "sparse":
+                indices, values = blocks.pack_sparse(self.embedder.sparse_tokens(tokens), rows, len(block))
+                out = out.append_column(blocks.INDICES, indices).append_column(blocks.VALUES, values)
+            else:
+                scores = np.full(len(block), np.nan, dtype=np.float32)
+                scores[rows] = self.embedder.score_tokens(tokens)
+                out = out.append_column(blocks.SCORE, pa.array(scores))
+            self._report()
+            return out
         vectors = np.zeros((len(block), self.embedder.dimensions), dtype=np.float32)
         if len(rows) and source == blocks.PIXELS:
             vectors[rows] = self.embedder.embed_pixels(blocks.unpack_pixels(block, self.embedder.image_config.crop)[rows])

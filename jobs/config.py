@@ -21,6 +21,8 @@ class JobConfig:
     model: ModelSpec
     id_column: str = "id"
     text_column: str = "text"
+    # A reranker's job scores (query, text) pairs: the column of the queries.
+    query_column: str = "query"
     # With a CLIP model: the column of image bytes or paths/URIs to embed instead of text (an image
     # folder as INPUT sets it to "image" and `id` to the path under the folder).
     image_column: str | None = None

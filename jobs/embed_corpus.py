@@ -46,6 +46,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         model=CATALOG.resolve(model_from_arg(args.model)),
         id_column=args.id_column,
         text_column=args.text_column,
+        query_column=args.query_column,
         image_column=args.image_column,
         keep=tuple(args.keep),
         columns=args.columns,
@@ -187,7 +188,7 @@ def _model_metadata(config: JobConfig) -> dict:
     the prompt put before each text, and the engine."""
     spec = config.model
     prompt_name, prompt = config.prompt_used
-    return {"name": spec.name, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend,
+    return {"name": spec.name, "task": spec.task, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend,
             "normalize": spec.normalize, "pooling": spec.pooling, "dense_layers": len(spec.dense), "max_tokens": spec.max_tokens,
             "similarity": spec.similarity, "input_type": config.input_type, "prompt_name": prompt_name, "prompt": prompt,
             "model_location": spec.model_location, "export_version": EXPORT_VERSION}

@@ -43,6 +43,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--id-column", default="id", help="the column with row ids (default id)")
     parser.add_argument("--text-column", default="text", help="the column with the text to embed (default text)")
+    parser.add_argument("--query-column", default="query", help="with a reranker: the column of queries; each row's "
+                        "(query, text) pair gets a score (default query)")
     parser.add_argument("--image-column", help="with a CLIP model: the column of image bytes or image paths/URIs to embed "
                         "instead of text (an INPUT folder of image files needs none)")
     parser.add_argument("--keep", nargs="+", default=[], metavar="COL", help="columns to copy through to the output")

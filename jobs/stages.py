@@ -57,7 +57,8 @@ def _tokenizer(spec: ModelSpec, backend: Backend, precision: Precision) -> Token
 
 
 def needed_columns(config: JobConfig) -> list[str]:
-    return list(dict.fromkeys((config.id_column, config.image_column or config.text_column, *config.keep)))
+    pair = (config.query_column,) if config.model.task == "rerank" else ()
+    return list(dict.fromkeys((config.id_column, *pair, config.image_column or config.text_column, *config.keep)))
 
 
 def reader_columns(config: JobConfig) -> dict:
@@ -207,7 +208,11 @@ def _image_config(spec: ModelSpec, backend: Backend, precision: Precision) -> im
 def _tokenize_chunk(piece: Chunk, tokenizer: Tokenizer, config: JobConfig, unit: ReadUnit) -> pa.Table:
     n = piece.table.num_rows
     columns, errors = _row_columns(piece, config, unit)
-    tokenized = tokenizer.encode(_column(piece.table, config.text_column).to_pylist(), config.prompt_used[1])
+    texts = _column(piece.table, config.text_column).to_pylist()
+    if config.model.task == "rerank":
+        tokenized = tokenizer.encode_pairs(_column(piece.table, config.query_column).to_pylist(), texts)
+    else:
+        tokenized = tokenizer.encode(texts, config.prompt_used[1])
     for e in tokenized.errors:
         if errors[e.index] is None:
             errors[e.index] = e.reason

