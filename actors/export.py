@@ -18,7 +18,7 @@ from typing import Literal, get_args
 
 from actors.cache import build_once
 from actors.errors import UserError
-from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, TOKENIZER_FILE, locate, location_key, model_files
+from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, TOKENIZER_FILE, locate, location_identity, model_files
 from actors.spec import ModelSpec
 
 log = logging.getLogger("rayembed")
@@ -42,7 +42,12 @@ def model_folder(spec: ModelSpec, precision: OnnxPrecision) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.name)
     # Pooling, Dense layers and normalisation are inside the graph, so they are part of what the entry is.
     head = f"{spec.pooling}{f'-dense{len(spec.dense)}' if spec.dense else ''}{'-norm' if spec.normalize else ''}"
-    key = f"exports/{slug}-{location_key(spec.model_location)}/{precision}-{head}-e{EXPORT_VERSION}"
+    if spec.task != "embed":  # the task's graph (SPLADE's triples, a reranker's score) replaces the head
+        head = spec.task + ("-sigmoid" if spec.task == "rerank" and spec.score_activation == "sigmoid" else "")
+    # What is at the location now (its files' sizes and versions), not its name: a model retrained in
+    # place is exported afresh.
+    identity = location_identity(spec.model_location, spec.name, spec.pip_package)
+    key = f"exports/{slug}-{identity}/{precision}-{head}-e{EXPORT_VERSION}"
     return build_once(key, lambda tmp: _build(spec, precision, tmp))
 
 
@@ -57,12 +62,13 @@ def _build(spec: ModelSpec, precision: OnnxPrecision, out: Path) -> None:
         # As transformers reads it (tokenizer_config.json's settings applied), so that a worker with
         # this entry alone tokenises as sentence-transformers does.
         load_tokenizer(source, spec.trust_remote_code).save(str(out / TOKENIZER_FILE))
-        if all((source / g).is_file() for g in graphs):
+        if all((source / g).is_file() for g in graphs) and spec.task == "embed":
             for g in graphs:
                 finish_graph(source / g, out / g, spec)
         else:
             log.info("exporting %s to ONNX from its torch weights (first use only)", spec.name)
-            (export_clip if spec.is_clip else export_encoder)(source, out, spec)
+            export = export_clip if spec.is_clip else export_encoder if spec.task == "embed" else export_task
+            export(source, out, spec)
         return
     log.info("making the %s variant of %s", precision, spec.name)
     for g in graphs:
@@ -106,6 +112,24 @@ def export_encoder(source: Path, out: Path, spec: ModelSpec) -> None:
 
     example = (torch.ones((2, 8), dtype=torch.int32), torch.ones((2, 8), dtype=torch.int32))
     _export(Pooled().eval(), example, out / ONNX_FILE, ["input_ids", "attention_mask"], TOKEN_AXES)
+
+
+def export_task(source: Path, out: Path, spec: ModelSpec) -> None:
+    """Export a SPLADE model (ids, mask -> rows, terms, weights of the non-zero entries) or a reranker
+    (ids, mask -> scores) from its torch weights (actors/heads.py TaskModel)."""
+    import torch
+
+    from actors.heads import TaskModel
+
+    outputs = {"sparse": ["rows", "terms", "weights"], "rerank": ["scores"]}.get(spec.task)
+    if outputs is None:
+        raise UserError(f"model {spec.name!r}: task {spec.task} has no ONNX export")
+    example = (torch.ones((2, 8), dtype=torch.int32), torch.ones((2, 8), dtype=torch.int32))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TaskModel(spec, source).eval(), example, str(out / ONNX_FILE), input_names=["input_ids", "attention_mask"],
+                          output_names=outputs, dynamic_axes={**TOKEN_AXES, **{o: {0: "rows"} for o in outputs}},
+                          opset_version=OPSET, dynamo=False)
 
 
 def export_clip(source: Path, out: Path, spec: ModelSpec) -> None:

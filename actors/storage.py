@@ -111,6 +111,33 @@ def download_prefix(uri: str, dest: Path) -> None:
         fs.get_file(key, str(target))
 
 
+def download_file(uri: str, target: Path) -> None:
+    """Copy one object (or local file) to `target`, making its folder."""
+    fs, path = filesystem(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fs.get_file(path, str(target))
+
+
+def file_versions(uri: str) -> list[tuple[str, int, str]]:
+    """(path under `uri`, size, version) for the file at `uri` or each file under it, sorted.
+
+    The version is what changes when a file is rewritten: its ETag on S3, its modification time
+    locally. A lone file's path is its own name.
+    """
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
+    if fs.isfile(root):
+        found = {root: fs.info(root)}
+        prefix = root.rsplit("/", 1)[0]
+    else:
+        found = {k: v for k, v in fs.find(root, detail=True).items() if v.get("type") != "directory" and not k.endswith("/")}
+        prefix = root
+    if not found:
+        raise NotFound(f"nothing found under {uri}")
+    return sorted((key[len(prefix) + 1 :], int(info["size"]), str(info.get("ETag") or info.get("mtime")))
+                  for key, info in found.items())
+
+
 def upload_folder(folder: Path, uri: str) -> None:
     fs, root = filesystem(uri)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -148,3 +175,28 @@ def extract_archive(archive: Path, dest: Path) -> None:
         # The checks above already refuse what the 'data' filter would; the filter also drops
         # set-uid bits and odd permissions.
         tf.extractall(dest, members=members, filter="data")
+
+
+def check_archive_bounds(archive: Path, max_entries: int, max_bytes: int) -> None:
+    """Refuse an archive with more than `max_entries` entries or more than `max_bytes` once extracted
+    (a decompression bomb), by the sizes its entries declare, which are what extraction writes. A
+    tar is read header by header, so a bomb is refused at its first oversized entry, before its
+    data is decompressed."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            sizes = (info.file_size for info in zf.infolist())
+            _within(archive, sizes, max_entries, max_bytes)
+        return
+    with tarfile.open(archive) as tf:
+        _within(archive, (m.size for m in tf), max_entries, max_bytes)
+
+
+def _within(archive: Path, sizes, max_entries: int, max_bytes: int) -> None:
+    entries = total = 0
+    for size in sizes:
+        entries += 1
+        total += size
+        if entries > max_entries:
+            raise UnsafeArchiveError(f"{archive} has more than {max_entries} entries: refused")
+        if total > max_bytes:
+            raise UnsafeArchiveError(f"{archive} would extract to more than {max_bytes:,} bytes: refused")

@@ -6,7 +6,8 @@
 A repo-time generator, beside the manifests it writes and not part of the installed package.
 k8s/raycluster.yaml is the one hand-written cluster; the RayJob and the RayService each carry a copy
 of its spec, and the RayService's serveConfigV2 is serve_apps/config.yaml's `applications:` list
-with each replica on a GPU (GPU_REPLICA).
+with each replica on a GPU (GPU_REPLICA). The RayJob's submitter gets the cluster's Ray token (and
+no S3 keys); the RayService's pods get the app's API key.
 """
 
 from __future__ import annotations
@@ -37,6 +38,31 @@ def cluster_spec() -> dict:
 GPU_REPLICA = {"num_cpus": 2, "num_gpus": 1}
 
 
+def token_env(spec: dict) -> list[dict]:
+    """The head's Ray token settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN from the Secret), for a pod that must talk to it."""
+    return [e for e in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("RAY_AUTH_")]
+
+
+def submitter_template(spec: dict) -> dict:
+    """The pod that runs `ray job submit` against the dashboard: KubeRay's default (the head's image, its
+    resources), written out so that it visibly holds the token, and nothing else: no S3 keys."""
+    return {"spec": {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "ray-job-submitter",
+            "image": spec["headGroupSpec"]["template"]["spec"]["containers"][0]["image"],
+            "env": token_env(spec),
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m", "memory": "200Mi"}},
+        }],
+    }}
+
+
+# The app's key (serve_apps/openai_api.py reads RAYEMBED_API_KEY): Ray's token does not guard Serve's
+# port, so without a key anyone who reaches the Service embeds. kubectl create secret generic
+# rayembed-api-key --from-literal=api_key=...
+API_KEY_ENV = {"name": "RAYEMBED_API_KEY", "valueFrom": {"secretKeyRef": {"name": "rayembed-api-key", "key": "api_key"}}}
+
+
 def serve_config_v2() -> str:
     applications = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
     for app in applications:
@@ -56,6 +82,7 @@ def rayjob() -> dict:
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 86400,
             "backoffLimit": 0,  # a retry is `--resume` in a new RayJob: finished files are kept
+            "submitterPodTemplate": submitter_template(cluster_spec()),
             "rayClusterSpec": cluster_spec(),
         },
     }
@@ -66,6 +93,9 @@ def rayservice() -> dict:
     for group in spec["workerGroupSpecs"]:
         if group["groupName"] == "gpu":  # one replica always up, so the first request does not wait for a node
             group["minReplicas"] = group["replicas"] = 1
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            container["env"] = [*container["env"], API_KEY_ENV]
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",

@@ -1,6 +1,8 @@
 """The KubeRay manifests, checked offline: pod templates against Kubernetes' own schema, the KubeRay
 fields we use against the ray.io/v1 field names, serveConfigV2 against Ray's Serve schema, and the
-RayJob's entrypoint against the job's parser. Each check is also shown to fail on a typo."""
+RayJob's entrypoint against the job's parser. Each check is also shown to fail on a typo. What is
+reachable is pinned too: Ray's token auth from a Secret on every container that talks to Ray, the
+app's API key on the RayService's pods."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ GROUP = {"rayStartParams", "template", "serviceType", "headService", "enableIngr
 WORKER_GROUP = GROUP | {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "idleTimeoutSeconds", "scaleStrategy", "suspend"}
 CLUSTER_SPEC = {"rayVersion", "enableInTreeAutoscaling", "autoscalerOptions", "headGroupSpec", "workerGroupSpecs",
                 "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions", "authOptions", "upgradeStrategy"}
+AUTH_OPTIONS = {"mode", "secretName", "enableK8sTokenAuth"}
 AUTOSCALER = {"version", "upscalingMode", "idleTimeoutSeconds", "resources", "image", "imagePullPolicy", "env", "envFrom",
               "securityContext", "volumeMounts"}
 JOB_SPEC = {"entrypoint", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "backoffLimit", "rayClusterSpec",
@@ -73,6 +76,7 @@ def unknown_fields(manifest: dict) -> list[str]:
     cluster = cluster_spec_of(manifest)
     found += [f"cluster.{k}" for k in cluster if k not in CLUSTER_SPEC]
     found += [f"autoscalerOptions.{k}" for k in cluster.get("autoscalerOptions", {}) if k not in AUTOSCALER]
+    found += [f"authOptions.{k}" for k in cluster.get("authOptions", {}) if k not in AUTH_OPTIONS]
     found += [f"headGroupSpec.{k}" for k in cluster["headGroupSpec"] if k not in GROUP]
     found += [f"workerGroupSpecs.{k}" for group in cluster["workerGroupSpecs"] for k in group if k not in WORKER_GROUP]
     return found
@@ -116,6 +120,54 @@ def test_a_typo_fails_the_checks():
     typo = copy.deepcopy(manifest)
     typo["spec"]["enableInTreeAutoScaling"] = typo["spec"].pop("enableInTreeAutoscaling")
     assert unknown_fields(typo) == ["spec.enableInTreeAutoScaling", "cluster.enableInTreeAutoScaling"]
+    typo = copy.deepcopy(manifest)
+    typo["spec"]["authOptions"]["secretname"] = typo["spec"]["authOptions"].pop("secretName")
+    assert unknown_fields(typo) == ["authOptions.secretname"]
+
+
+TOKEN_SECRET = "rayembed-ray-token"
+
+
+def envs(node) -> list[list[dict]]:
+    """Every container's env list anywhere in a manifest (pod templates, the RayJob's submitter)."""
+    if isinstance(node, dict):
+        found = [node["env"]] if isinstance(node.get("env"), list) and "image" in node else []
+        return found + [e for v in node.values() for e in envs(v)]
+    return [e for v in node for e in envs(v)] if isinstance(node, list) else []
+
+
+def holds_token(env: list[dict]) -> bool:
+    by_name = {e["name"]: e for e in env}
+    return by_name.get("RAY_AUTH_MODE", {}).get("value") == "token" and \
+        by_name.get("RAY_AUTH_TOKEN", {}).get("valueFrom") == {"secretKeyRef": {"name": TOKEN_SECRET, "key": "auth_token"}}
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_ray_runs_with_token_auth_from_a_secret_on_every_container(name):
+    manifest = load(name)
+    cluster = cluster_spec_of(manifest)
+    # KubeRay's own calls to the dashboard (submission, Serve config, status) take the token from here.
+    assert cluster["authOptions"] == {"mode": "token", "secretName": TOKEN_SECRET}
+    containers = envs(manifest)
+    assert len(containers) == (4 if manifest["kind"] == "RayJob" else 3)  # head, cpu, gpu (+ the submitter)
+    assert all(holds_token(env) for env in containers)
+    assert "disabled" not in (ROOT / "k8s" / name).read_text()
+    # The dashboard and Jobs API face the pod network only with the token in front of them.
+    if cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host", "0.0.0.0") != "127.0.0.1":
+        assert cluster["authOptions"]["mode"] == "token"
+
+
+def test_the_job_submitter_holds_the_token_and_no_s3_keys():
+    template = load("rayjob.yaml")["spec"]["submitterPodTemplate"]
+    validate_pod_template(template)
+    [container] = template["spec"]["containers"]
+    assert container["image"] == IMAGE and holds_token(container["env"]) and "envFrom" not in container
+
+
+def test_the_service_pods_hold_the_apps_api_key():
+    key = {"name": "RAYEMBED_API_KEY", "valueFrom": {"secretKeyRef": {"name": "rayembed-api-key", "key": "api_key"}}}
+    assert all(key in env for env in envs(load("rayservice.yaml")))
+    assert not any(key in env for name in ("raycluster.yaml", "rayjob.yaml") for env in envs(load(name)))
 
 
 def test_cluster_shape():
