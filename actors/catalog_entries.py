@@ -33,6 +33,20 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         parameters_m=23,
         description="English sentence embeddings, 6 layers; STS-B test Spearman 82.03 (MTEB).",
     ),
+    ModelSpec(
+        name="Qdrant/bm25",
+        aliases=("bm25",),
+        task="bm25",
+        # Term ids are 31-bit hashes (actors/bm25.py); there is no token limit, only MAX_CHARS per text.
+        dimensions=2**31 - 1,
+        max_tokens=1_000_000,
+        pooling="none",
+        normalize=False,
+        model_location="builtin:bm25",
+        licence=_APACHE,
+        description="BM25 term weights on CPU, no model: fastembed's Qdrant/bm25 (k1 1.2, b 0.75, avg_len 256); "
+        "the search engine applies IDF.",
+    ),
 )
 
 # The prompts the families were trained with.

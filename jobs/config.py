@@ -77,5 +77,7 @@ class JobConfig:
         pool's choice is made for the driver's CPU features: give --backend on a mixed cluster)."""
         from actors.embedder import settle
 
+        if self.model.task == "bm25":  # no model to run: CPU tasks compute it
+            return self
         backend, precision, _ = settle(self.model, self.backend, self.precision, "cuda" if on_gpus else "cpu")
         return replace(self, backend=backend, precision=precision)

@@ -95,9 +95,11 @@ def run(config: JobConfig) -> dict:
         done = output.start(model, config.resume, inputs)
         todo = [f for f in files if f.key not in done]
         units = [u for f in todo for u in plan_units(f, plan.max_actors, config.read_bytes)]
+        engine = "in the read tasks (no device actors)" if config.model.task == "bm25" else \
+            f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), " \
+            f"{config.backend} {config.precision}"
         print(f"rayembed: {len(files)} input files ({len(done)} already done, {len(units)} read units) on {where}; "
-              f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), "
-              f"{config.model.name} {config.backend} {config.precision}", file=sys.stderr)
+              f"{config.model.name} {engine}", file=sys.stderr)
 
         stats_name = f"rayembed-stats-{uuid.uuid4().hex[:8]}"
         collector = ray.remote(num_cpus=0)(StatsCollector).options(name=stats_name).remote()
@@ -168,6 +170,9 @@ def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, m
     if config.image_column:  # decode and crop in CPU tasks, ahead of the device
         ds = ds.map_batches(decode_images, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
                             fn_kwargs={"spec": config.model, "backend": config.backend, "precision": config.precision})
+    if config.model.task == "bm25":  # computed in the read tasks: no device actors
+        return ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
+                              fn_kwargs={"output": config.output, "model": model, "inputs": inputs}).take_all()
     ds = ds.map_batches(
         EmbedActor,
         batch_size=config.rows_per_part,
@@ -187,6 +192,12 @@ def _model_metadata(config: JobConfig) -> dict:
     """What made the vectors: the model as resolved (its folder's files and the properties given),
     the prompt put before each text, and the engine."""
     spec = config.model
+    if spec.task == "bm25":
+        from actors.bm25 import BM25
+
+        bm25 = BM25()
+        return {"name": spec.name, "task": spec.task, "k1": bm25.k1, "b": bm25.b, "avg_len": bm25.avg_len,
+                "input_type": config.input_type, "export_version": EXPORT_VERSION}
     prompt_name, prompt = config.prompt_used
     return {"name": spec.name, "task": spec.task, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend,
             "normalize": spec.normalize, "pooling": spec.pooling, "dense_layers": len(spec.dense), "max_tokens": spec.max_tokens,

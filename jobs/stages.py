@@ -21,6 +21,7 @@ from actors.blocks import (
     BOOKKEEPING,
     ERROR,
     IMAGE_SOURCE,
+    INDICES,
     INPUT,
     KEY,
     LAST,
@@ -32,10 +33,12 @@ from actors.blocks import (
     SPAN_END,
     TOKENS,
     TRUNCATED,
+    VALUES,
     pack_pixels,
     pack_tokens,
     require,
 )
+from actors.bm25 import BM25
 from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.embedder import settle
@@ -75,7 +78,7 @@ def unit_rows(unit: ReadUnit) -> dict:
 def read_and_tokenize(units: pa.Table, config: JobConfig) -> Iterator[pa.Table]:
     """For each unit: blocks of at most rows_per_part rows with token ids (or, for images, their
     sources), a reason for every bad row, and where each row came from."""
-    tokenizer = _tokenizer(config.model, config.backend, config.precision)
+    tokenizer = None if config.model.task == "bm25" else _tokenizer(config.model, config.backend, config.precision)
     for u in units.to_pylist():
         unit = ReadUnit(InputFile(u["path"], u["key"], u["format"], u["size"], u["version"]), u["start"], u["end"])
         for chunk in _read(unit, config):
@@ -83,6 +86,8 @@ def read_and_tokenize(units: pa.Table, config: JobConfig) -> Iterator[pa.Table]:
                 piece = piece if piece.table.num_rows or len(piece.errors) else _placeholder(piece)
                 if config.image_column:
                     yield _image_chunk(piece, config, unit)
+                elif tokenizer is None:
+                    yield _bm25_chunk(piece, config, unit)
                 else:
                     yield _tokenize_chunk(piece, tokenizer, config, unit)
 
@@ -224,6 +229,25 @@ def _tokenize_chunk(piece: Chunk, tokenizer: Tokenizer, config: JobConfig, unit:
         TRUNCATED: pa.array(truncated),
         ERROR: pa.array(errors, pa.string()),
     })
+
+
+@functools.lru_cache(maxsize=1)
+def _bm25() -> BM25:
+    return BM25()
+
+
+def _bm25_chunk(piece: Chunk, config: JobConfig, unit: ReadUnit) -> pa.Table:
+    """BM25 needs no device: its sparse vectors are made here, in the read task, and go to the writer."""
+    columns, errors = _row_columns(piece, config, unit)
+    texts = _column(piece.table, config.text_column).to_pylist()
+    bm25 = _bm25()
+    vectors, bad = (bm25.embed_queries if config.input_type == "query" else bm25.embed_documents)(texts)
+    for e in bad:
+        if errors[e.index] is None:
+            errors[e.index] = e.reason
+    indices, values = vectors.to_arrow()
+    return pa.table({**columns, INDICES: indices, VALUES: values,
+                     TRUNCATED: pa.array(np.zeros(len(texts), dtype=bool)), ERROR: pa.array(errors, pa.string())})
 
 
 def _column(table: pa.Table, name: str) -> pa.Array:

@@ -140,3 +140,19 @@ def test_random_cross_encoder_through_the_offline_job_scores_pairs(ray_cluster, 
     np.testing.assert_allclose([scores[r["id"]] for r in rows[:-1]], want, atol=1e-4)
     [error] = pq.read_table(tmp_path / "out" / "_errors").to_pylist()
     assert error["id"] == "no-query" and error["reason"].startswith("query: null")
+
+
+def test_bm25_through_the_offline_job_without_device_actors(ray_cluster, sts_test, tmp_path):
+    from actors.bm25 import BM25
+
+    texts = sts_test.first[:300]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    assert embed_corpus([str(tmp_path / "in.jsonl"), str(tmp_path / "out"), "--model", "bm25", *CPU_FLAGS]) == 0
+    table = pq.read_table(tmp_path / "out")
+    expected, _ = BM25().embed_documents(texts)
+    for i, indices, values in zip(table["id"].to_pylist(), table["indices"].to_pylist(), table["values"].to_pylist()):
+        want_indices, want_values = expected.row(int(i[1:]))
+        assert indices == want_indices.tolist()
+        np.testing.assert_allclose(values, want_values, rtol=1e-6)
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["counts"]["embedded"] == 300 and manifest["actors"] == []
