@@ -31,6 +31,28 @@ def serve_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {key: environ.get(key, value) for key, value in SERVE_ENV.items()}
 
 
+def exposure_warning(host: str, environ: dict[str, str] | None = None) -> str | None:
+    """What to say at start when the app listens beyond this machine with no API key (None: nothing to say).
+
+    The replicas read RAYEMBED_API_KEY from their environment, which an embedded Ray takes from this
+    process; a cluster's replicas (--address) from the cluster's, which cannot be seen from here.
+    """
+    import ipaddress
+
+    environ = os.environ if environ is None else environ
+    if environ.get("RAYEMBED_API_KEY"):
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        loopback = False
+    if loopback:
+        return None
+    return (f"rayembed: WARNING: listening on {host}, beyond this machine, with no RAYEMBED_API_KEY: anyone who "
+            "reaches the port can embed with it and list its models. Set RAYEMBED_API_KEY (clients send "
+            "'Authorization: Bearer <key>'), or serve on --host 127.0.0.1.")
+
+
 # Serve's defaults for HAProxy's own frontends (stats page, Prometheus); taken when free.
 HAPROXY_STATS_PORT, HAPROXY_METRICS_PORT = 8404, 9101
 

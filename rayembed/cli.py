@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(exit 1); SIGINT, SIGTERM or SIGHUP stops Serve, HAProxy and the embedded Ray.",
     )
     serve_cmd.add_argument("--config", default=SERVE_CONFIG, help="Serve config file (default serve_apps/config.yaml)")
-    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anywhere else, "
+                           "set RAYEMBED_API_KEY, or the command warns that the API is open)")
     serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve_cmd.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     serve_cmd.set_defaults(run=_serve)
@@ -118,7 +119,7 @@ def _embed(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import yaml
 
-    from cluster.serving import run_serve
+    from cluster.serving import exposure_warning, run_serve
     from serve_apps.config import check_serve_config
 
     try:
@@ -129,6 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Before Ray starts, so a config that cannot deploy is one message and exit code 2.
     check_serve_config(config, args.config)
     config["http_options"] = {**config.get("http_options", {}), "host": args.host, "port": args.port}
+    warning = exposure_warning(args.host)
+    if warning:  # before Ray starts: the first thing the command says, not lost among Ray's start-up lines
+        print(warning, file=sys.stderr, flush=True)
     return run_serve(config, address=args.address, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from actors.catalog import DEFAULT_MODEL
 from actors.devices import Backend, Precision
@@ -53,6 +53,18 @@ class AppConfig(BaseModel):
     # Where a CLIP model may read images named by path: local folders or s3:// prefixes. Empty: only
     # images sent in the request (data: URLs). Never arbitrary files.
     image_roots: list[str] = Field(default_factory=list)
+    # What one request's images may cost, summed over its images (each file is also held to the
+    # engine's own per-image limits): pixels as their headers say, checked before any is decoded
+    # (256M: about twenty 12-megapixel photos, or a thousand 500x500 ones), and bytes read, checked
+    # from each file's size before it is read.
+    max_image_pixels_per_request: PositiveInt = 256_000_000
+    max_image_bytes_per_request: PositiveInt = 128 * 1024 * 1024
+    # How long a request's image files may take to read, all together; past it the request is a 504
+    # and the read is given up.
+    image_read_timeout_s: PositiveFloat = 10.0
+    # /docs and /openapi.json. Off by default: they answer anyone who reaches the app, API key or not,
+    # and say what it runs.
+    api_docs: bool = False
 
 
 APP_IMPORT_PATH = "serve_apps.openai_api:build_app"

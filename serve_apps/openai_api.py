@@ -5,6 +5,8 @@ One deployment is both the HTTP ingress and the engine host. Each served model h
 images, as {"type": "image_url", "image_url": {"url": ...}} items or data:image URLs (paths only
 under the configured image_roots, serve_apps/images.py), embedded into the same space as its text.
 The request and response shapes are serve_apps/protocol.py's; the `args` are serve_apps/config.py's.
+Every request gets one vector per input, in order, or an error in OpenAI's shape naming the first bad
+input; nothing a request sends runs on the event loop for long (docs/serving.md: what a request cannot do).
 
     serve run serve_apps/config.yaml          # or: rayembed serve
 """
@@ -14,31 +16,55 @@ The request and response shapes are serve_apps/protocol.py's; the `args` are ser
 import asyncio
 import hmac
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from actors.embedder import Embedder
 from actors.errors import UserError
-from actors.tokenize import Tokenized, Tokens
+from actors.images import MAX_BYTES as MAX_IMAGE_BYTES
+from actors.tokenize import Tokenized
 from cluster.autoscaling import serve_autoscaling_config
 from cluster.resources import this_worker
+from serve_apps.bodies import read_body
 from serve_apps.config import AppConfig, check_app_args
-from serve_apps.images import ImageRefused, image_bytes
+from serve_apps.images import ImageReader, ImageReadTimeout, ImageRefused, ImageTooLarge, image_pixels
 from serve_apps.protocol import ImageInput, ModelCard, RequestError, embeddings_body, parse_embeddings
 from serve_apps.queues import BatchMetrics, ModelQueues, model_queues
 from serve_apps.tokenizing import TokenizeQueue
 
-api = FastAPI(title="rayembed", description="OpenAI-compatible embeddings")
+# FastAPI's own /docs, /redoc and /openapi.json are off; the app serves the first and last itself when
+# its config says so (`api_docs`).
+api = FastAPI(title="rayembed", description="OpenAI-compatible embeddings", docs_url=None, redoc_url=None,
+              openapi_url=None)
+# Bodies and responses of at least this many bytes (or floats) are parsed and written on the JSON
+# thread: ~2 ms of orjson at most on the event loop, where /healthz and every other request wait.
+BIG_BODY_BYTES = 1 << 20
+BIG_RESPONSE_FLOATS = 1 << 16
+
+Refusal = tuple[int, RequestError]  # an input that cannot be embedded: its place in the request, and the 4xx
 
 
 @api.exception_handler(RequestError)
 async def _refused(request: Request, error: RequestError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
+
+
+@api.exception_handler(HTTPException)
+async def _no_route(request: Request, error: HTTPException) -> JSONResponse:
+    # Starlette's own answers (no such route, wrong method) in OpenAI's shape like every other error.
+    message = f"{request.method} {request.url.path}: {error.detail}; this app serves POST /v1/embeddings, " \
+              "GET /v1/models and GET /healthz"
+    return JSONResponse(RequestError(error.status_code, message).body(), status_code=error.status_code,
+                        headers=error.headers)
 
 
 @api.exception_handler(Exception)
@@ -68,12 +94,18 @@ def _model_entry(embedder: Embedder) -> dict:
             "takes_images": spec.is_clip}
 
 
-def _tokens(tokenized: Tokenized, rows: list[int]) -> Tokens:
-    """The texts' tokens, or a 400 naming the first that cannot be embedded (`rows`: their places in the request)."""
-    if tokenized.errors:
-        first = tokenized.errors[0]
-        raise RequestError(400, f"input[{rows[first.index]}] cannot be embedded: {first.reason}", param="input")
-    return tokenized.tokens
+def _not_embedded(row: int, reason: object) -> Refusal:
+    return row, RequestError(400, f"input[{row}] cannot be embedded: {reason}", param="input")
+
+
+def _over_budget(row: int, budget: int, of: str) -> RequestError:
+    return RequestError(413, f"input[{row}]: the request's images come to over {budget:,} {of} (the app's "
+                             f"max_image_{of}_per_request): send fewer or smaller images", param="input")
+
+
+def _text_refusals(tokenized: Tokenized, rows: list[int]) -> list[Refusal]:
+    """The tokenizer's verdict on the first text it refused, if any (`rows`: the texts' places in the request)."""
+    return [_not_embedded(rows[e.index], e.reason) for e in tokenized.errors[:1]]
 
 
 @serve.deployment(name="EmbeddingsAPI")
@@ -95,8 +127,13 @@ class EmbeddingsAPI:
             card = ModelCard(embedder.spec)
             for alias in (name, *embedder.spec.aliases):
                 self.cards[alias.lower()] = card
-        # Image files are read and decoded here, apart from the engine's and the tokenizer's threads.
+        # Images are decoded on threads of their own, apart from the engine's and the tokenizer's; files
+        # are read on others, which a request waits on only until its deadline.
         self.image_pool = ThreadPoolExecutor(2, thread_name_prefix="rayembed-images")
+        self.image_reader = ImageReader(self.config.image_roots, threads=4)
+        # Big bodies are parsed, and big responses written, here: off the event loop, one at a time
+        # (orjson holds the GIL, so a second thread would only take turns with this one).
+        self.json_pool = ThreadPoolExecutor(1, thread_name_prefix="rayembed-json")
         # Read in the replica, never passed through Serve's config (which the dashboard shows).
         self.api_key = os.environ.get("RAYEMBED_API_KEY") or None
 
@@ -110,30 +147,57 @@ class EmbeddingsAPI:
         data = [_model_entry(self.models[name].embedder) for name in sorted(self.models)]
         return {"object": "list", "data": data}
 
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> dict:
+        self._docs_on()
+        return request.app.openapi()
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        self._docs_on()
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json", title=api.title)
+
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         self._authorise(request)
-        parsed = parse_embeddings(await request.body(), self.cards, max_bytes=self.config.max_request_bytes,
-                                  max_inputs=self.config.max_inputs_per_request, image_roots=self.config.image_roots)
+        body = await read_body(request, self.config.max_request_bytes)
+        parse = partial(parse_embeddings, body, self.cards, max_inputs=self.config.max_inputs_per_request,
+                        image_roots=self.config.image_roots)
+        parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
         model = self.models[parsed.model.name]
         text_rows = [i for i, item in enumerate(parsed.items) if isinstance(item, str)]
         image_rows = [i for i, item in enumerate(parsed.items) if isinstance(item, ImageInput)]
-        texts = [parsed.items[i] for i in text_rows]
-        urls = [parsed.items[i].url for i in image_rows]
-        # Everything that can refuse the request runs before any of it joins a queue.
-        tokens = _tokens(await model.tokenizer.tokenize(texts, parsed.prompt), text_rows) if texts else None
-        pixels = None
-        if urls:
-            loop = asyncio.get_running_loop()
-            pixels = await loop.run_in_executor(self.image_pool, self._pixels, model.embedder, urls, image_rows)
+        # Everything that can refuse the request runs before any of it joins a queue: texts on the
+        # tokenizer's threads and images on theirs, at once; the first input either refuses is named.
+        decoding = None
+        if image_rows:
+            urls = [parsed.items[i].url for i in image_rows]
+            decoding = asyncio.get_running_loop().run_in_executor(self.image_pool, self._pixels, model.embedder, urls,
+                                                                  image_rows)
+        tokenized = await model.tokenizer.tokenize([parsed.items[i] for i in text_rows], parsed.prompt) \
+            if text_rows else None
+        pixels, refusals = await decoding if decoding is not None else (None, [])
+        if tokenized is not None:
+            refusals = refusals + _text_refusals(tokenized, text_rows)
+        if refusals:
+            raise min(refusals, key=lambda refusal: refusal[0])[1]
         vectors = np.empty((len(parsed.items), parsed.dimensions or model.embedder.dimensions), dtype=np.float32)
         if pixels is not None:
             vectors[image_rows] = await model.queues.images(pixels, parsed.dimensions)
+        tokens = tokenized.tokens if tokenized is not None else None
         if tokens is not None:
             vectors[text_rows] = await model.queues.text(tokens, parsed.dimensions)
         used, truncated = (int(tokens.offsets[-1]), int(tokens.truncated.sum())) if tokens is not None else (0, 0)
-        body = embeddings_body(vectors, parsed.encoding_format, model.embedder.spec.name, used, truncated)
-        return Response(body, media_type="application/json")
+        write = partial(embeddings_body, vectors, parsed.encoding_format, model.embedder.spec.name, used, truncated)
+        return Response(await self._json(write) if vectors.size >= BIG_RESPONSE_FLOATS else write(),
+                        media_type="application/json")
+
+    async def _json(self, work):
+        return await asyncio.get_running_loop().run_in_executor(self.json_pool, work)
+
+    def _docs_on(self) -> None:
+        if not self.config.api_docs:
+            raise HTTPException(404, "Not Found")
 
     def _authorise(self, request: Request) -> None:
         if self.api_key is None:
@@ -143,21 +207,46 @@ class EmbeddingsAPI:
             raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                code="invalid_api_key")
 
-    def _pixels(self, embedder: Embedder, urls: list[str], rows: list[int]) -> np.ndarray:
-        """The images decoded and cropped (CPU work: run off the event loop); `rows` as in `_tokens`."""
-        blobs = []
+    def _pixels(self, embedder: Embedder, urls: list[str], rows: list[int]) -> tuple[np.ndarray | None, list[Refusal]]:
+        """The images read, decoded and cropped (CPU work: run off the event loop), and the first that cannot
+        be embedded, if any; `rows`: their places in the request. A request over its budget of bytes or
+        pixels, or whose files are not read by its deadline, is refused whole, naming where it went over."""
+        config = self.config
+        deadline = time.monotonic() + config.image_read_timeout_s
+        blobs: list[bytes] = []
+        readable: list[int] = []
+        refusals: list[Refusal] = []
+        read_bytes = pixels = 0
         for url, row in zip(urls, rows, strict=True):
             try:
-                blobs.append(image_bytes(url, self.config.image_roots))
+                left = config.max_image_bytes_per_request - read_bytes
+                blob = self.image_reader.read(url, min(MAX_IMAGE_BYTES, left), deadline)
+            except ImageTooLarge as e:
+                if e.size <= MAX_IMAGE_BYTES:
+                    raise _over_budget(row, config.max_image_bytes_per_request, "bytes") from None
+                refusals.append(_not_embedded(row, f"file of {e.size:,} bytes is over the {MAX_IMAGE_BYTES:,}-byte "
+                                                   "limit"))
+                break
             except ImageRefused as e:
-                raise RequestError(403, f"input[{row}]: {e}", param="input", code="image_not_allowed") from None
+                refusals.append((row, RequestError(403, f"input[{row}]: {e}", param="input", code="image_not_allowed")))
+                break
+            except ImageReadTimeout as e:
+                raise RequestError(504, f"input[{row}]: {e} (image_read_timeout_s is {config.image_read_timeout_s:g})",
+                                   param="input", code="image_read_timeout", error_type="server_error") from None
             except UserError as e:
-                raise RequestError(400, f"input[{row}] cannot be embedded: {e}", param="input") from None
-        pixels, _, errors = embedder.prepare_images(blobs)
-        if errors:
-            first = errors[0]
-            raise RequestError(400, f"input[{rows[first.index]}] cannot be embedded: {first.reason}", param="input")
-        return pixels
+                refusals.append(_not_embedded(row, e))
+                break
+            read_bytes += len(blob)
+            pixels += image_pixels(blob)
+            if pixels > config.max_image_pixels_per_request:
+                raise _over_budget(row, config.max_image_pixels_per_request, "pixels")
+            blobs.append(blob)
+            readable.append(row)
+        if not blobs:
+            return None, refusals
+        # Only the images before a refused one are decoded: one of them may be the first bad input.
+        prepared, _, errors = embedder.prepare_images(blobs)
+        return prepared, [_not_embedded(readable[e.index], e.reason) for e in errors[:1]] + refusals
 
 
 def build_app(args: dict) -> serve.Application:

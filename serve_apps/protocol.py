@@ -7,6 +7,7 @@ OpenAI's error shape; nothing here knows how a vector is computed.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -72,10 +73,11 @@ class EmbeddingsRequest:
     prompt: str  # the text put before each input: from input_type or prompt_name, else the model's default
 
 
-def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_bytes: int, max_inputs: int,
+def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs: int,
                      image_roots: list[str]) -> EmbeddingsRequest:
-    """The request in a `/v1/embeddings` body; `models` maps each lower-cased served name and alias to its card."""
-    payload = _json_object(body, max_bytes)
+    """The request in a `/v1/embeddings` body (read under its size limit: serve_apps/bodies.py); `models` maps
+    each lower-cased served name and alias to its card."""
+    payload = _json_object(body)
     model = _model(payload.get("model", ""), models)
     items = _items(payload.get("input"), max_inputs)
     return EmbeddingsRequest(
@@ -87,17 +89,26 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_bytes:
     )
 
 
-def _json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
-    if len(body) > max_bytes:
-        raise RequestError(413, f"request body is {len(body):,} bytes; the limit is {max_bytes:,}: "
-                                "send fewer or shorter inputs")
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise RequestError(400, "the body is not valid JSON") from None
+        payload = _json_orjson_refuses(body)
     if not isinstance(payload, dict):
         raise RequestError(400, "the body must be a JSON object with 'model' and 'input'")
     return payload
+
+
+def _json_orjson_refuses(body: bytes) -> Any:
+    """What orjson refused, read by the standard library's parser: it takes JSON that orjson does not, a
+    lone surrogate escape ("\\ud800", which RFC 8259 allows) above all, so that such a text is refused by
+    the tokenizer as the input it is, named, not as a body that is not JSON."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise RequestError(400, "the body's JSON is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+        raise RequestError(400, f"the body is not valid JSON: {e}") from None
 
 
 def _model(name: object, models: Mapping[str, ModelCard]) -> ModelCard:

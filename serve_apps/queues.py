@@ -5,7 +5,8 @@ model's own engine thread (never the default pool that image decoding and Serve 
 loop keeps taking requests while the device works, and `max_concurrent_batches` lets the next call
 be joined and padded while one runs. One call can join
 requests that ask for different `dimensions`, so it embeds at full width and the engine cuts each
-request's part afterwards.
+request's part afterwards. A joined call that fails is run again request by request, so that one
+request's bad inputs fail that request alone.
 """
 
 from __future__ import annotations
@@ -101,16 +102,32 @@ def batch_queue(
     async def run(inputs: Inputs) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(executor, embed, inputs)
 
+    async def alone(job: _Job[Inputs]) -> np.ndarray | Exception:
+        try:
+            return shape(await run(job.inputs), job.dimensions)
+        except Exception as e:  # handed to its own request, which raises it
+            return e
+
     @serve.batch(max_batch_size=max_size, batch_wait_timeout_s=wait_s, max_concurrent_batches=concurrent,
                  batch_size_fn=lambda jobs: sum(size(job.inputs) for job in jobs))
-    async def joined(jobs: list[_Job[Inputs]]) -> list[np.ndarray]:
-        vectors = await run(join([job.inputs for job in jobs]))
+    async def joined(jobs: list[_Job[Inputs]]) -> list[np.ndarray | Exception]:
+        try:
+            vectors = await run(join([job.inputs for job in jobs]))
+        except Exception:
+            if len(jobs) == 1:
+                raise
+            # One request's inputs failed a call the others share: each is embedded alone, so the
+            # failure is its request's only (serve.batch would hand one exception to them all).
+            return [await alone(job) for job in jobs]
         ends = np.cumsum([len(job.inputs) for job in jobs])[:-1]
         return [shape(part, job.dimensions) for part, job in zip(np.split(vectors, ends), jobs, strict=True)]
 
     async def submit(inputs: Inputs, dimensions: int | None) -> np.ndarray:
         if size(inputs) > max_size:  # serve.batch refuses an item larger than a batch: it is a call of its own
             return shape(await run(inputs), dimensions)
-        return await joined(_Job(inputs, dimensions))
+        vectors = await joined(_Job(inputs, dimensions))
+        if isinstance(vectors, Exception):
+            raise vectors
+        return vectors
 
     return submit
