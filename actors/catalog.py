@@ -111,7 +111,10 @@ class Catalog:
             merged["dimensions"] = folder.vocab_size  # a plain BertForMaskedLM given the task: its vocabulary
         if task == "rerank" and "dimensions" not in given:
             merged["dimensions"] = 1
-        if not folder.sentence_transformers and "pooling" not in merged and task in ("embed", "late_interaction"):
+        if task == "late_interaction" and said.get("task") != task:
+            raise UserError(f"model {name!r}: task late_interaction runs ColBERT folders (as colbert-ir/colbertv2.0), "
+                            f"and {location} has no artifact.metadata (ColBERT's settings)")
+        if not folder.sentence_transformers and "pooling" not in merged and task == "embed":
             raise UserError(_what_to_add(name, location, merged))
         return _checked(merged)
 

@@ -32,10 +32,9 @@ import numpy as np
 import pyarrow as pa
 
 from actors.errors import NotFound, UserError
-from actors.model_files import ONNX_FILE, TOKENIZER_FILE, WEIGHT_FILES
+from actors.model_files import METADATA_FILE, ONNX_FILE, TOKENIZER_FILE, WEIGHT_FILES
 from actors.tokenize import Tokenized, Tokenizer, Tokens, load_tokenizer
 
-METADATA_FILE = "artifact.metadata"
 PROJECTION = "linear.weight"
 # colbert-ai's defaults (colbert/infra/config/settings.py), for keys an artifact.metadata leaves out.
 DEFAULTS = {"query_token_id": "[unused0]", "doc_token_id": "[unused1]", "query_maxlen": 32, "doc_maxlen": 220,
@@ -66,8 +65,7 @@ class ColbertSettings:
         missing = missing_files(folder)
         if missing:
             raise NotFound(f"{folder} is not a ColBERT folder (as colbert-ir/colbertv2.0): it has no {', no '.join(missing)}")
-        meta = json.loads((folder / METADATA_FILE).read_text())
-        meta = {**DEFAULTS, **meta.get("config", meta)}  # older checkpoints nest the settings under "config"
+        meta = metadata_settings(json.loads((folder / METADATA_FILE).read_text()))
         if meta["similarity"] != "cosine" or meta["interaction"] != "colbert":
             # l2 similarity and "flipr" interaction score differently from MaxSim over dot products.
             raise UserError(f"{folder}/{METADATA_FILE}: similarity {meta['similarity']!r} and interaction "
@@ -96,14 +94,27 @@ class ColbertSettings:
     @property
     def max_tokens(self) -> int:
         """The fewest tokens the model's Tokenizer must keep: the longer side's limit less its marker."""
-        return max(self.query_maxlen, self.doc_maxlen) - 1
+        return tokens_needed(self.query_maxlen, self.doc_maxlen)
+
+
+def metadata_settings(meta: dict) -> dict:
+    """artifact.metadata's settings, colbert-ai's defaults for the keys it leaves out."""
+    return {**DEFAULTS, **meta.get("config", meta)}  # older checkpoints nest the settings under "config"
+
+
+def tokens_needed(query_maxlen: int, doc_maxlen: int) -> int:
+    """ColbertSettings.max_tokens from the two limits alone (what a folder's spec is given, actors/st_folder.py)."""
+    return max(query_maxlen, doc_maxlen) - 1
 
 
 def missing_files(folder: Path) -> list[str]:
-    """What a ColBERT folder lacks: ColBERT's settings, a tokenizer, and config.json + weights."""
+    """What a ColBERT folder lacks: ColBERT's settings, a tokenizer, and config.json + weights, or
+    the graph exported from them (a cache entry: actors/model_files.py model_files)."""
     missing = [] if (folder / METADATA_FILE).is_file() else [f"{METADATA_FILE} (ColBERT's settings)"]
     if not (folder / TOKENIZER_FILE).is_file() and not (folder / "tokenizer_config.json").is_file():
         missing.append(f"{TOKENIZER_FILE} or tokenizer_config.json")
+    if (folder / ONNX_FILE).is_file():
+        return missing
     if not (folder / "config.json").is_file():
         missing.append("config.json")
     if not any((folder / w).is_file() for w in WEIGHT_FILES):
@@ -142,7 +153,7 @@ def _tokenize(tokenizer: Tokenizer, texts: list, settings: ColbertSettings) -> T
         # A shorter cut in the tokenizer would drop tokens ColBERT keeps, silently.
         raise UserError(f"model {tokenizer.spec.name!r}: max_tokens {tokenizer.spec.max_tokens} is below "
                         f"{settings.max_tokens}, the longest ColBERT row less its marker")
-    return tokenizer.encode(texts)
+    return tokenizer.encode_plain(texts)
 
 
 def _mark(tokens: Tokens, marker: int, maxlen: int, fill: int | None = None) -> Tokens:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from actors import images, pooling
+from actors import colbert, images, pooling
 from actors.batching import pack_by_tokens
 from actors.catalog import CATALOG, DEFAULT_MODEL, ModelSpec
 from actors.devices import Backend, Device, Precision, choose_engine, cuda_usable, gpu_fallback, parse_device
@@ -128,8 +128,9 @@ class Embedder:
     def tokenize(self, texts: list, input_type: str | None = None, prompt_name: str | None = None,
                  prompt: str | None = None) -> Tokenized:
         """Token ids with the model's prompt for the side of a retrieval pair (query, passage or
-        document), a prompt it names, or a prompt's text; none given: its default prompt (ModelSpec.prompt)."""
-        return self.tokenizer.encode(texts, self.spec.prompt(input_type, prompt_name, prompt)[1])
+        document), a prompt it names, or a prompt's text; none given: its default prompt (ModelSpec.prompt).
+        A ColBERT model has no prompts: its input_type says whether the texts are queries or documents."""
+        return self.tokenizer.encode(texts, self.spec.prompt(input_type, prompt_name, prompt)[1], query=input_type == "query")
 
     def embed_tokens(self, tokens: Tokens, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(tokens), dim] in the order of `tokens`."""
@@ -155,7 +156,7 @@ class Embedder:
         terms come back from the device)."""
         self._expect("sparse")
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for rows, out in self._runs(tokens):
+        for rows, _, out in self._runs(tokens):
             batch_rows, terms, weights = out
             parts.append((rows[batch_rows], terms, weights))
         if not parts:
@@ -168,9 +169,32 @@ class Embedder:
         """A reranker's float32 score for each (query, document) pair in `tokens` (Tokenizer.encode_pairs)."""
         self._expect("rerank")
         scores = np.empty(len(tokens), dtype=np.float32)
-        for rows, (batch_scores,) in self._runs(tokens):
+        for rows, _, (batch_scores,) in self._runs(tokens):
             scores[rows] = batch_scores
         return scores
+
+    def multi_tokens(self, tokens: Tokens, query: bool = False) -> colbert.MultiVectors:
+        """A ColBERT model's normalised token vectors for each row of `tokens` in its order, from
+        Tokenizer.encode with the same `query`: a query's [MASK] filling is kept, a document's
+        punctuation and padding are not."""
+        self._expect("late_interaction")
+        settings = self.tokenizer.colbert
+        inputs = colbert.query_inputs if query else colbert.document_inputs
+        counts = np.zeros(len(tokens), dtype=np.int64)
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        for rows, (_, _, keep), (vectors,) in self._runs(tokens, lambda rows: inputs(tokens, rows, settings)):
+            keep = keep.astype(bool)
+            counts[rows] = keep.sum(axis=1)
+            parts.append((rows, vectors[keep]))
+        offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        out = np.empty((offsets[-1], settings.dim), dtype=np.float32)
+        for rows, kept in parts:
+            # A batch's kept vectors are its rows' one after another; each row's go to its place in
+            # the caller's order (batches are packed by length).
+            n = counts[rows]
+            out[np.repeat(offsets[rows] - (np.cumsum(n) - n), n) + np.arange(n.sum())] = kept
+        return colbert.MultiVectors(out, offsets)
 
     def tokenize_pairs(self, queries: list, documents: list) -> Tokenized:
         return self.tokenizer.encode_pairs(queries, documents)
@@ -183,37 +207,40 @@ class Embedder:
             raise UserError(f"{len(tokenized.errors)} of {len(documents)} pairs cannot be scored: {listed}")
         return self.score_tokens(tokenized.tokens)
 
-    def _runs(self, tokens: Tokens):
-        """(rows, the session's outputs) for each token-budget batch of `tokens`, with the stats kept."""
+    def _runs(self, tokens: Tokens, inputs=None):
+        """(rows, the session's inputs, its outputs) for each token-budget batch of `tokens`, with the
+        stats kept. `inputs(rows)` makes a batch's inputs where they are more than the padded ids and mask."""
         if not len(tokens):
             return
         started = time.perf_counter()
         batches = pack_by_tokens(tokens.lengths, self.device_batch_tokens, MAX_BATCH_ROWS[self.device.type])
-        for rows, (input_ids, mask) in zip(batches, self._padded(tokens, batches)):
-            yield rows, self.session.run_all(input_ids, mask)
+        for rows, feeds in zip(batches, self._padded(tokens, batches, inputs)):
+            yield rows, feeds, self.session.run_all(*feeds)
             self.stats.batches += 1
-            self.stats.padded_tokens += input_ids.size
+            self.stats.padded_tokens += feeds[0].size
         self.stats.rows += len(tokens)
         self.stats.tokens += int(tokens.offsets[-1])
         self.stats.seconds += time.perf_counter() - started
 
     def _expect(self, task: str) -> None:
         if self.spec.task != task:
-            calls = {"embed": "embed_tokens", "sparse": "sparse_tokens", "rerank": "score_tokens"}
+            calls = {"embed": "embed_tokens", "sparse": "sparse_tokens", "rerank": "score_tokens", "late_interaction": "multi_tokens"}
             raise UserError(f"{self.spec.name} is a {self.spec.task} model: call {calls.get(self.spec.task, 'its own method')}, "
                             f"not {calls[task]}")
 
-    def _padded(self, tokens: Tokens, batches: list[np.ndarray]):
-        """Each batch's (ids, mask), the next one prepared while the caller runs this one (GPU only)."""
+    def _padded(self, tokens: Tokens, batches: list[np.ndarray], inputs=None):
+        """Each batch's (ids, mask), or what `inputs(rows)` makes, the next one prepared while the
+        caller runs this one (GPU only)."""
         left = self.spec.padding_side == "left"
+        prepare = inputs or (lambda rows: tokens.padded(rows, left))
         if self._prefetch is None:
-            yield from (tokens.padded(rows, left) for rows in batches)
+            yield from (prepare(rows) for rows in batches)
             return
-        pending = self._prefetch.submit(tokens.padded, batches[0], left)
+        pending = self._prefetch.submit(prepare, batches[0])
         for following in [*batches[1:], None]:
             ready = pending.result()
             if following is not None:
-                pending = self._prefetch.submit(tokens.padded, following, left)
+                pending = self._prefetch.submit(prepare, following)
             yield ready
 
     def embed_rows(self, texts: list, input_type: str | None = None, dimensions: int | None = None, *,
@@ -276,6 +303,9 @@ class Embedder:
             self.score_tokens(self.tokenize_pairs(["warm up"] * 4, ["a document"] * 4).tokens)
         elif self.spec.task == "sparse":
             self.sparse_tokens(self.tokenize(["warm up"] * 4).tokens)
+        elif self.spec.task == "late_interaction":
+            for query in (True, False):  # a query's rows are all query_maxlen long, a document's as its text
+                self.multi_tokens(self.tokenizer.encode(["warm up"] * 4, query=query).tokens, query)
         else:
             self.embed(["warm up"] * 4)
         if self.image_session is not None:

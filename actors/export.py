@@ -3,8 +3,8 @@
 fp32 comes from the model's own ONNX file, or is exported from its torch weights (dynamic batch and
 sequence axes). fp16 (for GPUs) and int8 (for CPUs) are derived from fp32 with onnxruntime's own
 tools. Each cache entry is a self-contained folder (model.onnx + tokenizer.json; a CLIP model's also
-image.onnx + preprocessor_config.json), so a worker that has the cache needs neither torch nor the
-weights package.
+image.onnx + preprocessor_config.json, a ColBERT model's its settings: model_files), so a worker that
+has the cache needs neither torch nor the weights package.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def model_folder(spec: ModelSpec, precision: OnnxPrecision) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "--", spec.name)
     # Pooling, Dense layers and normalisation are inside the graph, so they are part of what the entry is.
     head = f"{spec.pooling}{f'-dense{len(spec.dense)}' if spec.dense else ''}{'-norm' if spec.normalize else ''}"
-    if spec.task != "embed":  # the task's graph (SPLADE's triples, a reranker's score) replaces the head
+    if spec.task != "embed":  # the task's graph (SPLADE's triples, a reranker's score, ColBERT's token vectors) replaces the head
         head = spec.task + ("-sigmoid" if spec.task == "rerank" and spec.score_activation == "sigmoid" else "")
     # What is at the location now (its files' sizes and versions), not its name: a model retrained in
     # place is exported afresh.
@@ -116,11 +116,17 @@ def export_encoder(source: Path, out: Path, spec: ModelSpec) -> None:
 
 def export_task(source: Path, out: Path, spec: ModelSpec) -> None:
     """Export a SPLADE model (ids, mask -> rows, terms, weights of the non-zero entries) or a reranker
-    (ids, mask -> scores) from its torch weights (actors/heads.py TaskModel)."""
+    (ids, mask -> scores) from its torch weights (actors/heads.py TaskModel), or a ColBERT model (ids,
+    mask, keep -> token vectors: actors/colbert.py export_colbert)."""
     import torch
 
     from actors.heads import TaskModel
 
+    if spec.task == "late_interaction":
+        from actors.colbert import ColbertSettings, export_colbert
+
+        export_colbert(source, out, ColbertSettings.from_folder(source))
+        return
     outputs = {"sparse": ["rows", "terms", "weights"], "rerank": ["scores"]}.get(spec.task)
     if outputs is None:
         raise UserError(f"model {spec.name!r}: task {spec.task} has no ONNX export")

@@ -28,6 +28,10 @@ ONNX_FILE = "model.onnx"  # the text encoder (a CLIP model's text tower)
 IMAGE_ONNX_FILE = "image.onnx"  # a CLIP model's image tower
 PREPROCESSOR_FILE = "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+METADATA_FILE = "artifact.metadata"  # a ColBERT model's settings (actors/colbert.py)
+# The mask and pad tokens by name: where a ColBERT cache entry, which holds no tokenizer_config.json,
+# finds the tokens its queries are filled with and its documents padded with.
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 
 
 def locate(spec: ModelSpec) -> Path:
@@ -103,6 +107,8 @@ def model_files(spec: ModelSpec) -> tuple[list[str], list[str]]:
     each cache entry."""
     if spec.is_clip:
         return [ONNX_FILE, IMAGE_ONNX_FILE], [TOKENIZER_FILE, PREPROCESSOR_FILE]
+    if spec.task == "late_interaction":  # what ColbertSettings.from_folder reads beside the tokenizer
+        return [ONNX_FILE], [TOKENIZER_FILE, METADATA_FILE, SPECIAL_TOKENS_FILE]
     return [ONNX_FILE], [TOKENIZER_FILE]
 
 

@@ -61,9 +61,10 @@ class OnnxSession:
         """float32 [rows, dim]: pooled (and normalised where the model says) inside the graph."""
         return self.run_all(input_ids, attention_mask)[0]
 
-    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
-        """Every output of the graph: a SPLADE graph's (rows, terms, weights), a reranker's scores."""
-        given = {"input_ids": input_ids, "attention_mask": attention_mask}
+    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray, keep: np.ndarray | None = None) -> list[np.ndarray]:
+        """Every output of the graph: a SPLADE graph's (rows, terms, weights), a reranker's scores, a
+        ColBERT graph's token vectors (which it keeps is `keep`, not the mask: actors/colbert.py)."""
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, **({"keep": keep} if keep is not None else {})}
         # A user's own graph may take token_type_ids: single texts are all segment 0.
         feeds = {name: given.get(name, np.zeros_like(input_ids)).astype(dtype, copy=False) for name, dtype in self.inputs.items()}
         return self._run(feeds)

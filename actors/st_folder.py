@@ -10,7 +10,8 @@ one object each, never the weights.
 
 Two files that disagree, or a file that modules.json names and the folder lacks, is a UserError
 naming the file and the field. A folder with no modules.json is a plain transformers (or ONNX) folder:
-what it cannot say (the pooling, at least) must come from the properties given beside it.
+what it cannot say (the pooling, at least) must come from the properties given beside it, unless
+it is a ColBERT folder (colbert-ir/colbertv2.0's layout), which says what it is in `artifact.metadata`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from actors import storage
+from actors.colbert import metadata_settings, tokens_needed
 from actors.errors import NotFound, UserError
-from actors.model_files import WEIGHT_FILES, local_folder
+from actors.model_files import METADATA_FILE, WEIGHT_FILES, local_folder
 from actors.spec import POOLINGS, DenseLayer, pooling_name
 
 # sentence-transformers' legacy pooling keys (before `pooling_mode`), each naming one mode.
@@ -66,6 +68,9 @@ def read_folder(location: str, name: str) -> FolderModel:
     vocab = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
     modules = files.json("modules.json")
     found = {"custom_code": "auto_map" in config, "has_onnx": files.exists("model.onnx"), "vocab_size": vocab}
+    if modules is None and files.exists(METADATA_FILE):
+        props.update(_colbert(files))
+        return FolderModel(props, False, **found)
     if modules is None:
         limit = _tokenizer_limit(tokenizer_config, positions)
         if limit:
@@ -113,6 +118,18 @@ def _cross_encoder(files: _Files, config: dict) -> dict[str, Any]:
         raise UserError(f"{files.where('config_sentence_transformers.json')}: activation_fn {activation!r}; rayembed "
                         "scores with Sigmoid or Identity")
     return {"task": "rerank", "dimensions": 1, "normalize": False, "score_activation": known[activation.rsplit(".", 1)[-1]]}
+
+
+def _colbert(files: _Files) -> dict[str, Any]:
+    """A ColBERT folder: its vectors' width and token limits from artifact.metadata (actors/colbert.py)."""
+    meta = files.json(METADATA_FILE)
+    settings = metadata_settings(meta) if isinstance(meta, dict) else {}
+    try:
+        dim, needed = int(settings["dim"]), tokens_needed(int(settings["query_maxlen"]), int(settings["doc_maxlen"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{files.where(METADATA_FILE)}: dim, query_maxlen and doc_maxlen must be integers") from None
+    # The tokenizer keeps exactly what the longer side's rows can hold: more would be cut away after.
+    return {"task": "late_interaction", "dimensions": dim, "max_tokens": needed, "normalize": True}
 
 
 def _pipeline(files: _Files, modules: object, hidden: int | None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import normalizers
 
+from actors.errors import UserError
 from actors.model_files import TOKENIZER_FILE
 from actors.spec import ModelSpec
 
@@ -124,6 +125,12 @@ class Tokenizer:
         # tokenizer.json files often carry another length (all-MiniLM-L6-v2's says 128, its model 256).
         self._tok.enable_truncation(max_length=spec.max_tokens)
         self._tok.no_padding()
+        # A ColBERT model's markers, query filling and limits (actors/colbert.py), read once here.
+        self.colbert = None
+        if spec.task == "late_interaction":
+            from actors.colbert import ColbertSettings  # not at the top: actors/colbert.py builds on this module
+
+            self.colbert = ColbertSettings.from_folder(folder)
 
     def encode_pairs(self, queries: list, documents: list) -> Tokenized:
         """Token ids of (query, document) pairs, as a cross-encoder reads them (`[CLS] q [SEP] d [SEP]`),
@@ -141,9 +148,21 @@ class Tokenizer:
                 good.append((query, document))
         return self._tokenized(self._tok.encode_batch(good, add_special_tokens=True), rows, errors)
 
-    def encode(self, texts: list, prompt: str = "") -> Tokenized:
+    def encode(self, texts: list, prompt: str = "", query: bool = False) -> Tokenized:
         """Token ids of `prompt + text` for each usable text: the prompt's tokens count toward the
-        limit and the token counts, as in sentence-transformers."""
+        limit and the token counts, as in sentence-transformers. A ColBERT model's rows are its
+        queries (`query`) or documents, marked as it marks them, with no prompt; other models ignore `query`."""
+        if self.colbert is None:
+            return self.encode_plain(texts, prompt)
+        from actors.colbert import encode_documents, encode_queries
+
+        if prompt:
+            raise UserError(f"model {self.spec.name!r} is a ColBERT model: its [Q] and [D] markers say which side a "
+                            "text is, and it takes no prompt")
+        return (encode_queries if query else encode_documents)(self, texts, self.colbert)
+
+    def encode_plain(self, texts: list, prompt: str = "") -> Tokenized:
+        """`encode` without a task's own marking: the tokenizer's ids, the prompt before each text."""
         good: list[str] = []
         rows: list[int] = []
         errors: list[RowError] = []

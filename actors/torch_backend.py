@@ -51,7 +51,15 @@ class TorchSession:
 
         transformers_logging.disable_progress_bar()  # a bar per load in every actor's log says nothing
         self.head = self.task_model = None
-        if spec.task != "embed":
+        if spec.task == "late_interaction":
+            from transformers import AutoModel
+
+            from actors.colbert import ColbertHead, ColbertSettings
+
+            # As export_colbert: the encoder read out of colbert-ai's weights, the projection its own head.
+            model = AutoModel.from_pretrained(source, dtype=weights)
+            self.head = ColbertHead(source, ColbertSettings.from_folder(source)).eval().to(str(device))
+        elif spec.task != "embed":
             from actors.heads import TaskModel
 
             self.task_model = model = TaskModel(spec, source, attn="sdpa", dtype=weights)
@@ -74,7 +82,7 @@ class TorchSession:
         """float32 [rows, dim], pooled (and normalised where the model says) on the device."""
         return self.run_all(input_ids, attention_mask)[0]
 
-    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> list[np.ndarray]:
+    def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray, keep: np.ndarray | None = None) -> list[np.ndarray]:
         """What the model gives, as the ONNX graph of the same task does (OnnxSession.run_all)."""
         torch = self.torch
         with torch.inference_mode(), self._autocast():
@@ -87,7 +95,9 @@ class TorchSession:
                 vectors = clip_features(self.model.get_text_features(input_ids=ids.long(), attention_mask=mask)).float()
                 return [self._finish(vectors)]
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            return [self.head(hidden, mask).float().cpu().numpy()]
+            # ColBERT's head keeps the vectors `keep` names, not the attended ones (a query's [MASK] filling).
+            second = mask if keep is None else torch.from_numpy(keep).to(str(self.device), non_blocking=True)
+            return [self.head(hidden, second).float().cpu().numpy()]
 
     def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         torch = self.torch

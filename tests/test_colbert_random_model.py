@@ -229,6 +229,32 @@ def test_random_colbert_maxsim_scores_equal_the_reference(random_colbert, refere
     assert len(column) == len(documents) and len(column[0]) == len(doc_vectors.row(0))
 
 
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_random_colbert_folder_through_the_embedder_gives_reference_vectors_and_scores(random_colbert, reference, queries,
+                                                                                         documents, backend):
+    import rayembed
+
+    folder = str(random_colbert.folder)
+    embedder = rayembed.Embedder(folder, backend=backend, precision="fp32", device="cpu")
+    spec = embedder.spec
+    assert (spec.task, spec.dimensions, spec.max_tokens, spec.normalize) == ("late_interaction", 16, 179, True)
+    assert rayembed.CATALOG.resolve({"model_location": folder, "task": "late_interaction"}) == spec
+    embedder.warmup()
+    q = embedder.multi_tokens(embedder.tokenize(queries, input_type="query").tokens, query=True)
+    d = embedder.multi_tokens(embedder.tokenize(documents, input_type="document").tokens)
+    _, _, q_keep, ref_q = reference.queries(queries)
+    _, _, d_keep, ref_d = reference.documents(documents)
+    for got, keep, expected in ((q, q_keep, ref_q), (d, d_keep, ref_d)):
+        want = MultiVectors.from_padded(expected.numpy(), keep.numpy())
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        assert np.abs(got.vectors - want.vectors).max() < 1e-5
+    scores = np.stack([maxsim_many(q.row(i), d) for i in range(len(queries))])
+    np.testing.assert_allclose(scores, Reference.scores(ref_q, ref_d, d_keep), rtol=1e-5, atol=1e-5)
+    assert embedder.stats.rows == len(queries) + len(documents) and embedder.stats.batches > 2
+    with pytest.raises(UserError, match="call multi_tokens"):
+        embedder.embed(["a sentence"])
+
+
 def test_a_folder_that_is_not_colbert_style_says_what_it_lacks(random_colbert, tmp_path):
     with pytest.raises(UserError, match=r"no artifact\.metadata .*no model\.safetensors or pytorch_model\.bin"):
         ColbertSettings.from_folder(shutil.copytree(MINILM, tmp_path / "minilm", ignore=shutil.ignore_patterns("*.safetensors")))
