@@ -83,7 +83,9 @@ def check_app_args(args: dict | None) -> AppConfig:
     except ValidationError as e:
         raise UserError(f"the app's args: {_described(e)}") from None
     for served in config.models:
-        check_location(CATALOG.resolve(served.model))
+        spec = CATALOG.resolve(served.model)
+        if spec.task != "bm25":  # BM25 has no files
+            check_location(spec)
     return config
 
 

@@ -28,6 +28,8 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from actors.bm25 import BM25
+from actors.catalog import CATALOG, ModelSpec
 from actors.embedder import Embedder
 from actors.errors import UserError
 from actors.images import MAX_BYTES as MAX_IMAGE_BYTES
@@ -37,8 +39,16 @@ from cluster.resources import this_worker
 from serve_apps.bodies import read_body
 from serve_apps.config import AppConfig, check_app_args
 from serve_apps.images import ImageReader, ImageReadTimeout, ImageRefused, ImageTooLarge, image_pixels
-from serve_apps.protocol import ImageInput, ModelCard, RequestError, embeddings_body, parse_embeddings
+from serve_apps.protocol import (
+    EmbeddingsRequest,
+    ImageInput,
+    ModelCard,
+    RequestError,
+    embeddings_body,
+    parse_embeddings,
+)
 from serve_apps.queues import BatchMetrics, ModelQueues, model_queues
+from serve_apps.reranking import multi_vector_body, parse_rerank, rerank_body, sparse_body
 from serve_apps.tokenizing import TokenizeQueue
 
 # FastAPI's own /docs, /redoc and /openapi.json are off; the app serves the first and last itself when
@@ -62,7 +72,7 @@ async def _refused(request: Request, error: RequestError) -> JSONResponse:
 async def _no_route(request: Request, error: HTTPException) -> JSONResponse:
     # Starlette's own answers (no such route, wrong method) in OpenAI's shape like every other error.
     message = f"{request.method} {request.url.path}: {error.detail}; this app serves POST /v1/embeddings, " \
-              "GET /v1/models and GET /healthz"
+              "POST /v1/rerank, GET /v1/models and GET /healthz"
     return JSONResponse(RequestError(error.status_code, message).body(), status_code=error.status_code,
                         headers=error.headers)
 
@@ -78,17 +88,18 @@ async def _failed(request: Request, error: Exception) -> JSONResponse:
 
 @dataclass(frozen=True)
 class _Model:
-    embedder: Embedder
+    spec: ModelSpec
     tokenizer: TokenizeQueue
-    queues: ModelQueues
+    embedder: Embedder | None = None  # none for BM25, which needs no model
+    queues: ModelQueues | None = None
+    bm25: BM25 | None = None
 
 
 # Defined above the deployment: serve.ingress pickles the class where it is declared, with the
 # module's globals as they are then.
-def _model_entry(embedder: Embedder) -> dict:
+def _model_entry(spec: ModelSpec) -> dict:
     """A served model in `GET /v1/models`: OpenAI's fields, and what a client needs to call it right."""
-    spec = embedder.spec
-    return {"id": spec.name, "object": "model", "owned_by": "rayembed", "dimensions": spec.dimensions,
+    return {"id": spec.name, "object": "model", "owned_by": "rayembed", "task": spec.task, "dimensions": spec.dimensions,
             "max_tokens": spec.max_tokens, "pooling": spec.pooling, "prompt_names": spec.prompt_names,
             "default_prompt_name": spec.default_prompt_name, "matryoshka_dims": list(spec.matryoshka_dims),
             "takes_images": spec.is_clip}
@@ -118,14 +129,18 @@ class EmbeddingsAPI:
         self.models: dict[str, _Model] = {}
         self.cards: dict[str, ModelCard] = {}  # by lower-cased name and alias
         for served in self.config.models:
-            embedder = Embedder(served.model, backend=served.backend, precision=served.precision, device=worker.device,
-                                threads=self.config.threads or worker.threads)
-            embedder.warmup()
-            name = embedder.spec.name
-            self.models[name] = _Model(embedder, TokenizeQueue(embedder, self.config.tokenizer_threads),
-                                       model_queues(embedder, served, batch_metrics))
-            card = ModelCard(embedder.spec)
-            for alias in (name, *embedder.spec.aliases):
+            spec = CATALOG.resolve(served.model)
+            if spec.task == "bm25":  # term weights on the tokenizer's threads: no engine
+                model = _Model(spec, TokenizeQueue(None, self.config.tokenizer_threads), bm25=BM25())
+            else:
+                embedder = Embedder(spec, backend=served.backend, precision=served.precision, device=worker.device,
+                                    threads=self.config.threads or worker.threads)
+                embedder.warmup()
+                model = _Model(spec, TokenizeQueue(embedder, self.config.tokenizer_threads), embedder,
+                               model_queues(embedder, served, batch_metrics))
+            self.models[spec.name] = model
+            card = ModelCard(spec)
+            for alias in (spec.name, *spec.aliases):
                 self.cards[alias.lower()] = card
         # Images are decoded on threads of their own, apart from the engine's and the tokenizer's; files
         # are read on others, which a request waits on only until its deadline.
@@ -144,7 +159,7 @@ class EmbeddingsAPI:
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict:
         self._authorise(request)
-        data = [_model_entry(self.models[name].embedder) for name in sorted(self.models)]
+        data = [_model_entry(self.models[name].spec) for name in sorted(self.models)]
         return {"object": "list", "data": data}
 
     @api.get("/openapi.json", include_in_schema=False)
@@ -165,6 +180,8 @@ class EmbeddingsAPI:
                         image_roots=self.config.image_roots)
         parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
         model = self.models[parsed.model.name]
+        if model.spec.task != "embed":
+            return await self._not_dense(model, parsed)
         text_rows = [i for i, item in enumerate(parsed.items) if isinstance(item, str)]
         image_rows = [i for i, item in enumerate(parsed.items) if isinstance(item, ImageInput)]
         # Everything that can refuse the request runs before any of it joins a queue: texts on the
@@ -191,6 +208,50 @@ class EmbeddingsAPI:
         write = partial(embeddings_body, vectors, parsed.encoding_format, model.embedder.spec.name, used, truncated)
         return Response(await self._json(write) if vectors.size >= BIG_RESPONSE_FLOATS else write(),
                         media_type="application/json")
+
+    @api.post("/v1/rerank")
+    async def rerank(self, request: Request) -> Response:
+        """Scores of (query, document) pairs, best first: the body Cohere, Jina, vLLM and infinity share."""
+        self._authorise(request)
+        body = await read_body(request, self.config.max_request_bytes)
+        parse = partial(parse_rerank, body, self.cards, max_documents=self.config.max_inputs_per_request)
+        parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
+        model = self.models[parsed.model.name]
+        n = len(parsed.documents)
+        tokenized = await model.tokenizer.run(model.embedder.tokenize_pairs, [parsed.query] * n, parsed.documents)
+        if tokenized.errors:
+            first = tokenized.errors[0]
+            if first.reason.startswith("query:"):
+                raise RequestError(400, f"the query cannot be scored: {first.reason[len('query: '):]}", param="query")
+            raise RequestError(400, f"documents[{first.index}] cannot be scored: {first.reason}", param="documents")
+        scores = await model.queues.text(tokenized.tokens, None)
+        return Response(rerank_body(parsed, scores, int(tokenized.tokens.offsets[-1])), media_type="application/json")
+
+    async def _not_dense(self, model: _Model, parsed: EmbeddingsRequest) -> Response:
+        """/v1/embeddings on a sparse (SPLADE, BM25) or late-interaction (ColBERT) model."""
+        spec, texts = model.spec, parsed.items
+        if spec.task == "rerank":
+            raise RequestError(400, f"{spec.name} is a reranker: POST /v1/rerank with a query and documents", param="model")
+        query = parsed.input_type == "query"  # BM25 and ColBERT encode a query otherwise than a document
+        if model.bm25 is not None:
+            vectors, errors = await model.tokenizer.run(model.bm25.embed_queries if query else model.bm25.embed_documents,
+                                                        texts)
+            if errors:
+                raise _not_embedded(errors[0].index, errors[0].reason)[1]
+            return Response(sparse_body(vectors, spec.name, 0, 0), media_type="application/json")
+        colbert = spec.task == "late_interaction"
+        tokenized = await model.tokenizer.tokenize(texts, parsed.prompt, query=query and colbert)
+        refusals = _text_refusals(tokenized, list(range(len(texts))))
+        if refusals:
+            raise refusals[0][1]
+        tokens = tokenized.tokens
+        used, truncated = int(tokens.offsets[-1]), int(tokens.truncated.sum())
+        if colbert:
+            out = await (model.queues.queries if query else model.queues.text)(tokens, None)
+            write = partial(multi_vector_body, [out.row(i) for i in range(len(out))], spec.name, used, truncated)
+        else:
+            write = partial(sparse_body, await model.queues.text(tokens, None), spec.name, used, truncated)
+        return Response(await self._json(write), media_type="application/json")
 
     async def _json(self, work):
         return await asyncio.get_running_loop().run_in_executor(self.json_pool, work)

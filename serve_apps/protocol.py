@@ -71,14 +71,15 @@ class EmbeddingsRequest:
     encoding_format: EncodingFormat
     dimensions: int | None
     prompt: str  # the text put before each input: from input_type or prompt_name, else the model's default
+    input_type: str | None  # query, passage or document: a BM25 or ColBERT model encodes queries its own way
 
 
 def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs: int,
                      image_roots: list[str]) -> EmbeddingsRequest:
     """The request in a `/v1/embeddings` body (read under its size limit: serve_apps/bodies.py); `models` maps
     each lower-cased served name and alias to its card."""
-    payload = _json_object(body)
-    model = _model(payload.get("model", ""), models)
+    payload = json_object(body)
+    model = model_card(payload.get("model", ""), models)
     items = _items(payload.get("input"), max_inputs)
     return EmbeddingsRequest(
         model=model,
@@ -86,10 +87,11 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs
         encoding_format=_encoding_format(payload.get("encoding_format", "float")),
         dimensions=_dimensions(payload.get("dimensions"), model),
         prompt=_prompt(payload.get("input_type"), payload.get("prompt_name"), model),
+        input_type=payload.get("input_type"),
     )
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -111,7 +113,8 @@ def _json_orjson_refuses(body: bytes) -> Any:
         raise RequestError(400, f"the body is not valid JSON: {e}") from None
 
 
-def _model(name: object, models: Mapping[str, ModelCard]) -> ModelCard:
+def model_card(name: object, models: Mapping[str, ModelCard]) -> ModelCard:
+    """The served model a request names, by its name or an alias (any case), or a 404 listing those served."""
     card = models.get(str(name).lower())
     if card is None:
         served = ", ".join(sorted({c.name for c in models.values()}))
@@ -148,6 +151,8 @@ def _item(i: int, item: object, model: ModelCard, image_roots: list[str]) -> str
 
 
 def _encoding_format(value: object) -> EncodingFormat:
+    # A sparse or late-interaction model's embeddings are JSON objects or lists whatever this says: the
+    # openai client asks for base64 by default, and passes through what is not a base64 string.
     if value not in ENCODING_FORMATS:
         raise RequestError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
     return value  # type: ignore[return-value]
@@ -156,6 +161,9 @@ def _encoding_format(value: object) -> EncodingFormat:
 def _dimensions(value: object, model: ModelCard) -> int | None:
     if value is None:
         return None
+    if model.spec.task != "embed":
+        raise RequestError(400, f"{model.name} is a {model.spec.task} model: 'dimensions' cuts dense vectors only",
+                           param="dimensions")
     # bool is an int in Python; `"dimensions": true` is not a width.
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= model.dimensions:
         raise RequestError(400, f"'dimensions' must be an integer from 1 to {model.dimensions} for {model.name}",

@@ -21,12 +21,16 @@ import numpy as np
 from ray import serve
 from ray.serve import metrics
 
+from actors.colbert import MultiVectors
 from actors.embedder import Embedder
+from actors.sparse import SparseVectors
 from actors.tokenize import Tokens
 from serve_apps.config import ServedModel
 
 Inputs = TypeVar("Inputs", Tokens, np.ndarray)
-Queue = Callable[[Inputs, int | None], Awaitable[np.ndarray]]
+# What an engine call gives: dense vectors or scores (arrays), a SPLADE model's sparse vectors, ColBERT's per-token ones.
+Outputs = np.ndarray | SparseVectors | MultiVectors
+Queue = Callable[[Inputs, int | None], Awaitable[Outputs]]
 
 
 class BatchMetrics:
@@ -49,19 +53,47 @@ class BatchMetrics:
 
 @dataclass(frozen=True)
 class ModelQueues:
-    """The queues of one served model: `text(tokens, dimensions)`, and `images(pixels, dimensions)` for CLIP."""
+    """The queues of one served model: `text(tokens, dimensions)` (what the model gives for texts: vectors,
+    sparse vectors, a reranker's pair scores, ColBERT's document vectors), `images(pixels, dimensions)` for
+    CLIP, `queries(tokens, None)` for ColBERT's queries (tokenised and run otherwise than documents)."""
 
     text: Queue[Tokens]
-    images: Queue[np.ndarray] | None
+    images: Queue[np.ndarray] | None = None
+    queries: Queue[Tokens] | None = None
+
+
+def _split_rows(out: Outputs, ends: np.ndarray) -> list[Outputs]:
+    """A joined call's output cut back into each request's rows (`ends`: where each but the last ends)."""
+    if isinstance(out, np.ndarray):
+        return np.split(out, ends)
+    bounds = np.r_[0, ends, len(out)]
+    parts = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        a, b = out.offsets[lo], out.offsets[hi]
+        offsets = out.offsets[lo : hi + 1] - a
+        parts.append(SparseVectors(offsets, out.indices[a:b], out.values[a:b]) if isinstance(out, SparseVectors)
+                     else MultiVectors(out.vectors[a:b], offsets))
+    return parts
+
+
+def _whole(out: Outputs, dimensions: int | None) -> Outputs:
+    return out  # outputs other than dense vectors have no dimensions to cut (the protocol refuses them)
 
 
 def model_queues(embedder: Embedder, served: ServedModel, batch_metrics: BatchMetrics) -> ModelQueues:
     name = embedder.spec.name
 
-    def embed_text(tokens: Tokens) -> np.ndarray:
-        vectors = embedder.embed_tokens(tokens)
+    task = embedder.spec.task
+    run_text = {"embed": embedder.embed_tokens, "sparse": embedder.sparse_tokens, "rerank": embedder.score_tokens,
+                "late_interaction": embedder.multi_tokens}[task]
+
+    def embed_text(tokens: Tokens, run=run_text) -> Outputs:
+        out = run(tokens)
         batch_metrics.record(name, len(tokens), int(tokens.offsets[-1]))
-        return vectors
+        return out
+
+    def embed_queries(tokens: Tokens) -> Outputs:
+        return embed_text(tokens, lambda t: embedder.multi_tokens(t, query=True))
 
     def embed_pixels(pixels: np.ndarray) -> np.ndarray:
         vectors = embedder.embed_pixels(pixels)
@@ -70,13 +102,12 @@ def model_queues(embedder: Embedder, served: ServedModel, batch_metrics: BatchMe
 
     engine = ThreadPoolExecutor(1, thread_name_prefix=f"rayembed-engine-{name}")
     common = {"wait_s": served.batch_wait_timeout_s, "concurrent": served.max_concurrent_batches,
-              "shape": embedder.shape, "executor": engine}
-    text = batch_queue(embed_text, Tokens.concat, lambda tokens: int(tokens.offsets[-1]), served.queue_batch_tokens,
-                       **common)
-    images = None
-    if embedder.spec.is_clip:
-        images = batch_queue(embed_pixels, np.concatenate, len, served.max_batch_images, **common)
-    return ModelQueues(text, images)
+              "shape": embedder.shape if task == "embed" else _whole, "executor": engine}
+    by_tokens = (Tokens.concat, lambda tokens: int(tokens.offsets[-1]), served.queue_batch_tokens)
+    text = batch_queue(embed_text, *by_tokens, **common)
+    images = batch_queue(embed_pixels, np.concatenate, len, served.max_batch_images, **common) if embedder.spec.is_clip else None
+    queries = batch_queue(embed_queries, *by_tokens, **common) if task == "late_interaction" else None
+    return ModelQueues(text, images, queries)
 
 
 @dataclass(frozen=True)
@@ -86,14 +117,14 @@ class _Job(Generic[Inputs]):
 
 
 def batch_queue(
-    embed: Callable[[Inputs], np.ndarray],
+    embed: Callable[[Inputs], Outputs],
     join: Callable[[list[Inputs]], Inputs],
     size: Callable[[Inputs], int],
     max_size: int,
     *,
     wait_s: float,
     concurrent: int,
-    shape: Callable[[np.ndarray, int | None], np.ndarray],
+    shape: Callable[[Outputs, int | None], Outputs],
     executor: ThreadPoolExecutor,
 ) -> Queue[Inputs]:
     """A queue that joins requests' inputs (`join`) up to `max_size` (by `size`), embeds them in one
@@ -120,7 +151,7 @@ def batch_queue(
             # failure is its request's only (serve.batch would hand one exception to them all).
             return [await alone(job) for job in jobs]
         ends = np.cumsum([len(job.inputs) for job in jobs])[:-1]
-        return [shape(part, job.dimensions) for part, job in zip(np.split(vectors, ends), jobs, strict=True)]
+        return [shape(part, job.dimensions) for part, job in zip(_split_rows(vectors, ends), jobs, strict=True)]
 
     async def submit(inputs: Inputs, dimensions: int | None) -> np.ndarray:
         if size(inputs) > max_size:  # serve.batch refuses an item larger than a batch: it is a call of its own

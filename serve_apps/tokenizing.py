@@ -20,26 +20,31 @@ from actors.tokenize import RowError, Tokenized
 
 
 class TokenizeQueue:
-    def __init__(self, embedder: Embedder, threads: int) -> None:
+    def __init__(self, embedder: Embedder | None, threads: int) -> None:
         self._embedder = embedder
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rayembed-tokenize")
-        self._waiting: list[tuple[list, str, asyncio.Future]] = []
+        # Each request's texts, and the (prompt, query) they are encoded with (`query`: ColBERT's queries).
+        self._waiting: list[tuple[list, tuple[str, bool], asyncio.Future]] = []
         self._busy = 0
 
-    async def tokenize(self, texts: list, prompt: str = "") -> Tokenized:
+    async def tokenize(self, texts: list, prompt: str = "", query: bool = False) -> Tokenized:
         """The texts' tokens, each after `prompt` (the text the request's input_type or prompt_name gives)."""
         loop = asyncio.get_running_loop()
         result = loop.create_future()
-        self._waiting.append((texts, prompt, result))
+        self._waiting.append((texts, (prompt, query), result))
         if self._busy < self._threads:
             self._start(loop)
         return await result
 
+    async def run(self, work, *args):
+        """Other text work of one request on these threads: pairs for a reranker, BM25's weights."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._waiting = self._waiting, []
         self._busy += 1
-        done = loop.run_in_executor(self._pool, self._tokenize_all, [(texts, prompt) for texts, prompt, _ in batch])
+        done = loop.run_in_executor(self._pool, self._tokenize_all, [(texts, how) for texts, how, _ in batch])
         done.add_done_callback(lambda outcome: self._finish(loop, batch, outcome))
 
     def _finish(self, loop: asyncio.AbstractEventLoop, batch: list, outcome: asyncio.Future) -> None:
@@ -58,15 +63,15 @@ class TokenizeQueue:
     def _tokenize_all(self, requests: list[tuple[list, str]]) -> list[Tokenized]:
         """One encode per prompt for every request's texts (most requests share one), in request order."""
         out: list[Tokenized | None] = [None] * len(requests)
-        for prompt in dict.fromkeys(prompt for _, prompt in requests):
-            mine = [k for k, (_, p) in enumerate(requests) if p == prompt]
-            for k, tokenized in zip(mine, self._tokenize([requests[k][0] for k in mine], prompt), strict=True):
+        for how in dict.fromkeys(how for _, how in requests):
+            mine = [k for k, (_, h) in enumerate(requests) if h == how]
+            for k, tokenized in zip(mine, self._tokenize([requests[k][0] for k in mine], *how), strict=True):
                 out[k] = tokenized
         return out  # type: ignore[return-value]
 
-    def _tokenize(self, requests: list[list], prompt: str) -> list[Tokenized]:
+    def _tokenize(self, requests: list[list], prompt: str, query: bool) -> list[Tokenized]:
         """One encode for every request's texts, split back into one Tokenized per request."""
-        joined = self._embedder.tokenizer.encode([text for texts in requests for text in texts], prompt)
+        joined = self._embedder.tokenizer.encode([text for texts in requests for text in texts], prompt, query=query)
         if len(requests) == 1:
             return [joined]
         starts = np.cumsum([0] + [len(texts) for texts in requests])

