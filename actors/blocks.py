@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from actors.colbert import MultiVectors
 from actors.sparse import SparseVectors
 from actors.tokenize import Tokens
 
@@ -86,3 +87,13 @@ def pack_sparse(vectors: SparseVectors, rows: np.ndarray, n: int) -> tuple[pa.Li
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return SparseVectors(offsets, vectors.indices, vectors.values).to_arrow()
+
+
+def pack_multi_vectors(vectors: MultiVectors, rows: np.ndarray, n: int) -> pa.ListArray:
+    """`embedding` as list<fixed_size_list<float32>[dim]> (one vector per token) for all `n` rows of a
+    block from the good `rows` (ascending; others get no vectors)."""
+    lengths = np.zeros(n, dtype=np.int64)
+    lengths[rows] = np.diff(vectors.offsets)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return MultiVectors(vectors.vectors, offsets).to_arrow()

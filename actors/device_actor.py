@@ -29,10 +29,11 @@ class EmbedActor:
     model's `indices` and `values`, or a reranker's `score`; rows with an `error` are skipped."""
 
     def __init__(self, spec: ModelSpec, backend: Backend, precision: Precision, device_batch_tokens: int | None,
-                 stats_actor: str | None) -> None:
+                 stats_actor: str | None, query: bool = False) -> None:
         import ray
 
         worker = this_worker()
+        self.query = query  # ColBERT: the rows are queries (tokenised so), not documents
         self.gpu_ids = list(worker.gpu_ids)
         self.embedder = Embedder(spec, backend=backend, precision=precision, device=worker.device, threads=worker.threads,
                                  device_batch_tokens=device_batch_tokens)
@@ -55,6 +56,9 @@ class EmbedActor:
             if task == "sparse":
                 indices, values = blocks.pack_sparse(self.embedder.sparse_tokens(tokens), rows, len(block))
                 out = out.append_column(blocks.INDICES, indices).append_column(blocks.VALUES, values)
+            elif task == "late_interaction":
+                vectors = blocks.pack_multi_vectors(self.embedder.multi_tokens(tokens, self.query), rows, len(block))
+                out = out.append_column(blocks.EMBEDDING, vectors)
             else:
                 scores = np.full(len(block), np.nan, dtype=np.float32)
                 scores[rows] = self.embedder.score_tokens(tokens)

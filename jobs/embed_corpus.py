@@ -181,7 +181,8 @@ def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, m
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor,
         fn_constructor_kwargs={"spec": config.model, "backend": config.backend, "precision": config.precision,
-                               "device_batch_tokens": config.device_batch_tokens, "stats_actor": stats_name},
+                               "device_batch_tokens": config.device_batch_tokens, "stats_actor": stats_name,
+                               "query": config.input_type == "query"},
     )
     ds = ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
                         fn_kwargs={"output": config.output, "model": model, "inputs": inputs})

@@ -216,8 +216,8 @@ def _tokenize_chunk(piece: Chunk, tokenizer: Tokenizer, config: JobConfig, unit:
     texts = _column(piece.table, config.text_column).to_pylist()
     if config.model.task == "rerank":
         tokenized = tokenizer.encode_pairs(_column(piece.table, config.query_column).to_pylist(), texts)
-    else:
-        tokenized = tokenizer.encode(texts, config.prompt_used[1])
+    else:  # `query` only matters to ColBERT, which tokenises queries otherwise than documents
+        tokenized = tokenizer.encode(texts, config.prompt_used[1], query=config.input_type == "query")
     for e in tokenized.errors:
         if errors[e.index] is None:
             errors[e.index] = e.reason

@@ -304,3 +304,43 @@ def test_colbert_tokens_and_scores_import_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2.0"
+
+
+def test_random_colbert_folder_through_the_offline_job_and_the_app(ray_cluster, random_colbert, reference, documents,
+                                                                   queries, tmp_path, unused_port):
+    """The job writes each document's token vectors as list<fixed_size_list<float32>[dim]>; the app gives a
+    query's as a list of vectors; both are the reference's."""
+    import urllib.request
+
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from jobs.embed_corpus import main as embed_corpus
+    from serve_apps.openai_api import build_app
+
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(documents)))
+    flags = ["--precision", "fp32", "--backend", "onnx", "--gpus-per-actor", "0", "--cpus-per-actor", "1", "--max-actors", "1"]
+    assert embed_corpus([str(tmp_path / "docs.jsonl"), str(tmp_path / "out"), "--model", str(random_colbert.folder), *flags]) == 0
+    table = pq.read_table(tmp_path / "out")
+    assert str(table.schema.field("embedding").type) == "list<element: fixed_size_list<element: float>[16]>"
+    _, _, d_keep, ref_d = reference.documents(documents)
+    want = MultiVectors.from_padded(ref_d.numpy(), d_keep.numpy())
+    for doc_id, vectors in zip(table["id"].to_pylist(), table["embedding"].to_pylist()):
+        assert np.abs(np.asarray(vectors) - want.row(int(doc_id[1:]))).max() < 1e-5
+
+    port = unused_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"models": [{"model": str(random_colbert.folder), "precision": "fp32", "backend": "onnx"}]}),
+                  name="colbert", route_prefix="/colbert")
+        body = json.dumps({"model": random_colbert.folder.name, "input": queries[:3], "input_type": "query"}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/colbert/v1/embeddings", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            data = json.loads(response.read())["data"]
+    finally:
+        serve.shutdown()
+    _, _, q_keep, ref_q = reference.queries(queries[:3])
+    want_q = MultiVectors.from_padded(ref_q.numpy(), q_keep.numpy())
+    for item in data:
+        assert np.abs(np.asarray(item["embedding"]) - want_q.row(item["index"])).max() < 1e-5
