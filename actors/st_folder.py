@@ -22,7 +22,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from actors import storage
-from actors.colbert import metadata_settings, tokens_needed
 from actors.errors import NotFound, UserError
 from actors.model_files import METADATA_FILE, WEIGHT_FILES, local_folder
 from actors.spec import POOLINGS, DenseLayer, pooling_name
@@ -122,6 +121,9 @@ def _cross_encoder(files: _Files, config: dict) -> dict[str, Any]:
 
 def _colbert(files: _Files) -> dict[str, Any]:
     """A ColBERT folder: its vectors' width and token limits from artifact.metadata (actors/colbert.py)."""
+    # Here, not above: reading a folder must not load the tokenizer and pyarrow (`rayembed --help` reads none).
+    from actors.colbert import metadata_settings, tokens_needed
+
     meta = files.json(METADATA_FILE)
     settings = metadata_settings(meta) if isinstance(meta, dict) else {}
     try:

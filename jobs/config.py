@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from actors.blocks import RESERVED
 from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.errors import UserError
@@ -53,6 +52,8 @@ class JobConfig:
     def __post_init__(self) -> None:
         if self.id_column == self.text_column:
             raise UserError("--id-column and --text-column must name different columns")
+        from actors.blocks import RESERVED  # here, not above: `rayembed --help` must not load the tokenizer
+
         reserved = [c for c in self.keep if c in RESERVED]
         if reserved:
             raise UserError(f"--keep {' '.join(reserved)}: the output has its own column of that name; keep other columns")

@@ -129,6 +129,9 @@ def ray_cluster(s3_server, model_cache):
     from cluster.serving import serve_env
 
     os.environ.update(serve_env())
+    # A replica waits 30 s for its requests to drain at shutdown by default: each module's Serve
+    # teardown would cost that much, on a test cluster where nothing is left in flight.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     # HAProxy's stats and Prometheus frontends on free ports: Serve's defaults (8404, 9101) stay free
     # for the `rayembed serve` processes some tests start beside this cluster.
     os.environ.update({"RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})

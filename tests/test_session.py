@@ -45,7 +45,7 @@ def test_two_processes_exporting_at_once_both_succeed_and_share_the_file(tmp_pat
     assert outputs[0][0] == outputs[1][0]
     folders = [line.split("\t")[1] for line in outputs[0][0].splitlines()]
     for folder in folders:
-        assert sorted(os.listdir(folder)) == ["model.onnx", "tokenizer.json"]
+        assert sorted(os.listdir(folder)) == ["_rayembed_manifest.json", "model.onnx", "tokenizer.json"]
     leftovers = [p.name for p in (tmp_path / "cache").rglob("*tmp-*")]
     assert leftovers == []
 
