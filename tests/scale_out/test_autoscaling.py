@@ -123,7 +123,8 @@ def test_job_pool_grows_onto_new_gpu_nodes_and_survives_losing_one(autoscaling_c
     # The pool asks for GPUs the cluster does not have: the autoscaler adds GPU nodes, one per actor.
     wait_for(lambda: len(pool_nodes()) == 2 or driver.poll() is not None, 240, "the pool on two new GPU nodes")
     assert driver.poll() is None, "the job ended before its pool reached two nodes"
-    wait_for(lambda: len(list(out.glob("*.parquet"))) >= 3 or driver.poll() is not None, 240, "output parts")
+    # Parts are staged while the job runs (the output is replaced only at its end).
+    wait_for(lambda: len(list(out.glob("_staging/*.parquet"))) >= 3 or driver.poll() is not None, 240, "staged parts")
     assert driver.poll() is None, "the job ended before a node could be taken away"
     kill_node(next(n for n in gpu_nodes() if n["NodeID"] in pool_nodes()))  # a node with an actor at work
     log, _ = driver.communicate(timeout=600)
