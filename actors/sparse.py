@@ -48,18 +48,6 @@ class SparseVectors:
         positions = np.repeat(self.offsets[:-1][rows] - offsets[:-1], lengths) + np.arange(offsets[-1])
         return SparseVectors(offsets, self.indices[positions], self.values[positions])
 
-    def top_k(self, k: int) -> SparseVectors:
-        """Each row's k largest values (the rest dropped), indices still ascending."""
-        keep = np.zeros(len(self.values), dtype=bool)
-        for i in range(len(self)):  # rows are few per call and each is a small argpartition
-            lo, hi = self.offsets[i], self.offsets[i + 1]
-            if hi - lo <= k:
-                keep[lo:hi] = True
-            else:
-                keep[lo + np.argpartition(self.values[lo:hi], hi - lo - k)[hi - lo - k:]] = True
-        rows = np.repeat(np.arange(len(self)), np.diff(self.offsets))[keep]
-        return SparseVectors.from_coordinates(len(self), rows, self.indices[keep], self.values[keep])
-
     def to_arrow(self) -> tuple[pa.ListArray, pa.ListArray]:
         offsets = pa.array(self.offsets.astype(np.int32))
         return (pa.ListArray.from_arrays(offsets, pa.array(self.indices, pa.int32())),
