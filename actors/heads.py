@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from actors.errors import UserError
-from actors.pooling import l2_normalize, pool
+from actors.pooling import pool, unit
 from actors.spec import DenseLayer, ModelSpec
 
 
@@ -21,11 +21,12 @@ class Head(torch.nn.Module):
         self.pooling, self.normalize = spec.pooling, spec.normalize
         self.dense = torch.nn.ModuleList(Dense(layer, folder / layer.path) for layer in spec.dense)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors, their norms before normalisation): pooling.unit."""
         vectors = pool(self.pooling, hidden, attention_mask)
         for layer in self.dense:
             vectors = layer(vectors)
-        return l2_normalize(vectors) if self.normalize else vectors
+        return unit(vectors, self.normalize)
 
 
 class Dense(torch.nn.Module):

@@ -57,9 +57,11 @@ class OnnxSession:
         providers: list = [(TENSORRT_EP, {**gpu, "trt_fp16_enable": True})] if tensorrt else []
         return [*providers, (CUDA_EP, gpu), CPU_EP]
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """float32 [rows, dim]: pooled (and normalised where the model says) inside the graph."""
-        return self.run_all(input_ids, attention_mask)[0]
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [rows, dim] pooled (and normalised where the model says) inside the graph, and [rows]
+        their norms before normalisation (pooling.unit)."""
+        vectors, norms = self.run_all(input_ids, attention_mask)
+        return vectors, norms
 
     def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray, keep: np.ndarray | None = None) -> list[np.ndarray]:
         """Every output of the graph: a SPLADE graph's (rows, terms, weights), a reranker's scores, a
@@ -69,9 +71,10 @@ class OnnxSession:
         feeds = {name: given.get(name, np.zeros_like(input_ids)).astype(dtype, copy=False) for name, dtype in self.inputs.items()}
         return self._run(feeds)
 
-    def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
-        """An image tower: float32 [n, 3, h, w] in, [n, dim] out."""
-        return self._run({next(iter(self.inputs)): pixel_values})[0]
+    def run_pixels(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An image tower: float32 [n, 3, h, w] in, [n, dim] and their norms out, as `run`."""
+        vectors, norms = self._run({next(iter(self.inputs)): pixel_values})
+        return vectors, norms
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.device.type != "cuda":

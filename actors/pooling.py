@@ -1,5 +1,6 @@
 """From token vectors to one vector per row: the same functions run inside the exported ONNX graph
-and in the torch backend, on the device. Only Matryoshka truncation runs on the host, in numpy.
+and in the torch backend, on the device. Only a request's own cut (Matryoshka
+dimensions) and normalisation choice run on the host, in numpy (Embedder.finish).
 
 The torch functions use tensor methods only, so this module imports without torch (a lean ONNX
 worker has none).
@@ -55,11 +56,14 @@ def l2_normalize(vectors):
     return vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
+def unit(vectors, normalize: bool):
+    """(the vectors, normalised where the model says; their L2 norms before that), the two outputs of
+    every dense graph: with the norms a request that asks for raw vectors (`normalize: false`) has them
+    from a model that normalises, and the device still does the normalising for all the others."""
+    norms = vectors.norm(dim=-1)
+    return (vectors / norms.clamp(min=1e-12).unsqueeze(-1) if normalize else vectors), norms
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
-
-
-def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
-    """Matryoshka-style: keep the first `dimensions` values and re-normalise, as OpenAI's `dimensions` does."""
-    return normalize(vectors[:, :dimensions])

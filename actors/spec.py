@@ -87,6 +87,9 @@ class ModelSpec:
     padding_side: PaddingSide = "right"
     # sentence-transformers' do_lower_case: texts are lower-cased before the tokenizer sees them.
     lowercase: bool = False
+    # int8/uint8 embedding types' calibration: a file of per-dimension (min, max) in actors/ranges/
+    # (actors/quantize.py). Empty: those types need a calibration set in the app's or job's config.
+    quantization_ranges: str = ""
     # How vectors are compared (sentence-transformers' similarity_fn_name); reported, not applied.
     similarity: str = "cosine"
     # Load Python code the folder's config.json names (auto_map): only if the user trusts the folder.
@@ -195,8 +198,8 @@ class ModelSpec:
 _SPEC_FIELDS = frozenset(f.name for f in fields(ModelSpec))
 # Property names users give that are not field names: Marqo's and sentence-transformers' words.
 _RENAMED = {"tokens": "max_tokens", "do_lower_case": "lowercase", "similarity_fn_name": "similarity"}
-# Fields a user never gives: they come from the model's folder.
-_FOLDER_ONLY = frozenset({"dense"})
+# Fields a user never gives: they come from the model's folder (or, for calibration ranges, the catalogue).
+_FOLDER_ONLY = frozenset({"dense", "quantization_ranges"})
 PROPERTY_NAMES = frozenset((_SPEC_FIELDS - _FOLDER_ONLY) | set(_RENAMED) | {"modality", "query_prefix", "passage_prefix"})
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +24,11 @@ from actors.spec import ModelSpec
 # Texts longer than this are refused, not truncated: tokenising megabytes to keep 256 tokens wastes
 # CPU that the device is waiting on. Over-long ordinary text is truncated to the model's max tokens.
 MAX_CHARS = 1_000_000
+# What to do with a text over the model's max tokens, as NIM and Cohere spell it: cut its end (the
+# default, sentence-transformers' behaviour), cut its start (keeping the prompt and the special
+# tokens), or refuse it (the row is an error that gives its token count).
+Truncate = Literal["END", "START", "NONE"]
+TRUNCATES: tuple[str, ...] = get_args(Truncate)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class RowError:
 
     index: int
     reason: str
+    tokens: int | None = None  # a text refused for its length (truncate NONE): how many tokens it has
 
 
 @dataclass(frozen=True)
@@ -146,14 +154,17 @@ class Tokenizer:
             elif _encodable(query, i, errors) and _encodable(document, i, errors):
                 rows.append(i)
                 good.append((query, document))
-        return self._tokenized(self._tok.encode_batch(good, add_special_tokens=True), rows, errors)
+        encodings = self._tok.encode_batch(good, add_special_tokens=True)
+        return self._tokenized([e.ids for e in encodings], [bool(e.overflowing) for e in encodings], rows, errors)
 
-    def encode(self, texts: list, prompt: str = "", query: bool = False) -> Tokenized:
+    def encode(self, texts: list, prompt: str = "", query: bool = False, truncate: Truncate = "END") -> Tokenized:
         """Token ids of `prompt + text` for each usable text: the prompt's tokens count toward the
         limit and the token counts, as in sentence-transformers. A ColBERT model's rows are its
         queries (`query`) or documents, marked as it marks them, with no prompt; other models ignore `query`."""
         if self.colbert is None:
-            return self.encode_plain(texts, prompt)
+            return self.encode_plain(texts, prompt, truncate)
+        if truncate != "END":
+            raise UserError(f"model {self.spec.name!r} is a ColBERT model: its texts are cut at their end (truncate END)")
         from actors.colbert import encode_documents, encode_queries
 
         if prompt:
@@ -161,8 +172,9 @@ class Tokenizer:
                             "text is, and it takes no prompt")
         return (encode_queries if query else encode_documents)(self, texts, self.colbert)
 
-    def encode_plain(self, texts: list, prompt: str = "") -> Tokenized:
-        """`encode` without a task's own marking: the tokenizer's ids, the prompt before each text."""
+    def encode_plain(self, texts: list, prompt: str = "", truncate: Truncate = "END") -> Tokenized:
+        """`encode` without a task's own marking: the tokenizer's ids, the prompt before each text, an
+        over-long text cut or refused as `truncate` says."""
         good: list[str] = []
         rows: list[int] = []
         errors: list[RowError] = []
@@ -181,16 +193,67 @@ class Tokenizer:
             good, rows = [good[j] for j in keep], [rows[j] for j in keep]
             errors.sort(key=lambda e: e.index)
             encodings = self._tok.encode_batch(good, add_special_tokens=True)
-        return self._tokenized(encodings, rows, errors)
+        ids = [e.ids for e in encodings]
+        truncated = [bool(e.overflowing) for e in encodings]
+        over = [j for j, cut in enumerate(truncated) if cut] if truncate != "END" else []
+        if over:
+            # Only the over-long rows are encoded again, whole: their token counts (NONE), or their
+            # last tokens after the prompt (START).
+            whole = self._untruncated.encode_batch([good[j] for j in over], add_special_tokens=True)
+            if truncate == "NONE":
+                for j, encoding in zip(over, whole, strict=True):
+                    n = len(encoding.ids)
+                    errors.append(RowError(rows[j], f"too long: {n:,} tokens, over {self.spec.name}'s limit of "
+                                                    f"{self.spec.max_tokens} (truncate NONE)", tokens=n))
+                keep = sorted(set(range(len(ids))) - set(over))
+                ids, truncated, rows = [ids[j] for j in keep], [False] * len(keep), [rows[j] for j in keep]
+                errors.sort(key=lambda e: e.index)
+            else:
+                head = self._prompt_tokens(prompt)
+                for j, encoding in zip(over, whole, strict=True):
+                    ids[j] = self._keep_end(encoding, head)
+        return self._tokenized(ids, truncated, rows, errors)
+
+    def tokens_of(self, texts: list[str], prompt: str = "", add_special_tokens: bool = True) -> list[list[dict]]:
+        """Each text's tokens, whole (never truncated: the count is the text's real length), as TEI's
+        /tokenize gives them: id, text, special, and start/stop, the token's characters in the text
+        (None for the prompt's tokens and the special ones, whose text is the token's own)."""
+        out = []
+        for text, encoding in zip(texts, self._untruncated.encode_batch([prompt + t for t in texts],
+                                                                         add_special_tokens=add_special_tokens), strict=True):
+            tokens = []
+            for token_id, token, special, (start, stop) in zip(encoding.ids, encoding.tokens, encoding.special_tokens_mask,
+                                                               encoding.offsets, strict=True):
+                inside = not special and start >= len(prompt)
+                tokens.append({"id": token_id, "text": text[start - len(prompt) : stop - len(prompt)] if inside else token,
+                               "special": bool(special), "start": start - len(prompt) if inside else None,
+                               "stop": stop - len(prompt) if inside else None})
+            out.append(tokens)
+        return out
+
+    @cached_property
+    def _untruncated(self) -> HFTokenizer:
+        whole = HFTokenizer.from_str(self._tok.to_str())
+        whole.no_truncation()
+        return whole
+
+    def _prompt_tokens(self, prompt: str) -> int:
+        return len(self._untruncated.encode(prompt, add_special_tokens=False).ids) if prompt else 0
+
+    def _keep_end(self, encoding, prompt_tokens: int) -> list[int]:
+        """An over-long row cut from its start: its leading special tokens and prompt, then as many of
+        its last tokens (the trailing special tokens among them) as the model takes."""
+        lead = next((k for k, special in enumerate(encoding.special_tokens_mask) if not special), 0)
+        head = min(lead + prompt_tokens, self.spec.max_tokens // 2)  # a prompt never crowds the text out
+        return encoding.ids[:head] + encoding.ids[len(encoding.ids) - (self.spec.max_tokens - head):]
 
     @staticmethod
-    def _tokenized(encodings: list, rows: list[int], errors: list[RowError]) -> Tokenized:
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        offsets = np.zeros(len(encodings) + 1, dtype=np.int64)
+    def _tokenized(ids: list[list[int]], truncated: list[bool], rows: list[int], errors: list[RowError]) -> Tokenized:
+        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int32, count=int(offsets[-1]))
-        truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(encodings))
-        return Tokenized(Tokens(ids, offsets, truncated), np.asarray(rows, dtype=np.int64), errors)
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+        return Tokenized(Tokens(flat, offsets, np.asarray(truncated, dtype=bool)), np.asarray(rows, dtype=np.int64), errors)
 
 
 def check_text(value: object) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.devices import Device, available_cpus, gpu_fallback
-from actors.pooling import clip_features, l2_normalize
+from actors.pooling import clip_features, unit
 from actors.spec import ModelSpec
 
 log = logging.getLogger("rayembed")
@@ -78,9 +78,11 @@ class TorchSession:
         self.provider = f"torch-{device.type}-{precision}"
         log.info("torch session on %s, %s, %d threads", device, precision, self.threads)
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """float32 [rows, dim], pooled (and normalised where the model says) on the device."""
-        return self.run_all(input_ids, attention_mask)[0]
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [rows, dim], pooled (and normalised where the model says) on the device, and their
+        norms before normalisation (pooling.unit), as OnnxSession.run."""
+        vectors, norms = self.run_all(input_ids, attention_mask)
+        return vectors, norms
 
     def run_all(self, input_ids: np.ndarray, attention_mask: np.ndarray, keep: np.ndarray | None = None) -> list[np.ndarray]:
         """What the model gives, as the ONNX graph of the same task does (OnnxSession.run_all)."""
@@ -93,20 +95,24 @@ class TorchSession:
                 return [t.cpu().numpy() for t in (out if isinstance(out, tuple) else (out,))]
             if self.head is None:
                 vectors = clip_features(self.model.get_text_features(input_ids=ids.long(), attention_mask=mask)).float()
-                return [self._finish(vectors)]
+                return self._finish(vectors)
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
             # ColBERT's head keeps the vectors `keep` names, not the attended ones (a query's [MASK] filling).
             second = mask if keep is None else torch.from_numpy(keep).to(str(self.device), non_blocking=True)
-            return [self.head(hidden, second).float().cpu().numpy()]
+            return [t.float().cpu().numpy() for t in _outputs(self.head(hidden, second))]
 
-    def run_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+    def run_pixels(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         with torch.inference_mode(), self._autocast():
             pixels = torch.from_numpy(pixel_values).to(str(self.device), dtype=next(self.model.parameters()).dtype)
-            return self._finish(clip_features(self.model.get_image_features(pixel_values=pixels)).float())
+            vectors, norms = self._finish(clip_features(self.model.get_image_features(pixel_values=pixels)).float())
+            return vectors, norms
 
-    def _finish(self, vectors) -> np.ndarray:
-        """A CLIP tower's vectors, normalised where the model says, to the host."""
-        if self.spec.normalize:
-            vectors = l2_normalize(vectors)
-        return vectors.float().cpu().numpy()
+    def _finish(self, vectors) -> list[np.ndarray]:
+        """A CLIP tower's vectors, normalised where the model says, and their norms, to the host."""
+        return [t.float().cpu().numpy() for t in unit(vectors.float(), self.spec.normalize)]
+
+
+def _outputs(out) -> tuple:
+    """A head's outputs as a tuple: a dense head gives (vectors, norms), ColBERT's one tensor."""
+    return out if isinstance(out, tuple) else (out,)

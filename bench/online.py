@@ -37,7 +37,10 @@ LEVELS = [(1, 1), (16, 1), (64, 1), (4, 32)]  # (clients, inputs per request)
 MODEL = "all-MiniLM-L6-v2"
 
 
-async def closed_loop(url: str, sentences: list[str], clients: int, per_request: int, seconds: float) -> dict:
+async def closed_loop(url: str, sentences: list[str], clients: int, per_request: int, seconds: float,
+                      fields: dict | None = None) -> dict:
+    """`clients` clients sending requests of `per_request` sentences one after another for `seconds`;
+    `fields`: more of the body (an embedding type)."""
     import aiohttp
 
     latencies: list[float] = []
@@ -52,7 +55,7 @@ async def closed_loop(url: str, sentences: list[str], clients: int, per_request:
             i += clients * per_request
             start = time.perf_counter()
             try:
-                async with session.post(url, json={"model": MODEL, "input": batch}) as response:
+                async with session.post(url, json={"model": MODEL, "input": batch, **(fields or {})}) as response:
                     await response.read()
                     ok = response.status == 200
             except aiohttp.ClientError:  # a reset or refused connection counts as an error, not a crash

@@ -132,6 +132,10 @@ def run_serve(config: dict, address: str | None = None, log=print) -> int:
         ports = f"HTTP {host}:{schema.http_options.port}"
         if not address:  # a Ray of our own: it starts with the ingress settings
             os.environ.update(serve_env())
+            # A stopping replica stays open this long for load balancers to let go of it: Serve's 30 s
+            # is for balancers across nodes; here the one HAProxy reloads in under a second. With 30,
+            # a SIGTERM took 37 s to stop everything, past a supervisor's usual 30 s grace period.
+            os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
             if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
                 os.environ.update(haproxy_env(host, run_dir))
                 ports += (f", HAProxy stats {os.environ['RAYEMBED_HAPROXY_HOST']}:{os.environ['RAY_SERVE_HAPROXY_STATS_PORT']}"

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.errors import UserError
 from jobs.sources import UNIT_BYTES
 
+if TYPE_CHECKING:  # not at run time: `rayembed --help` must not load the tokenizer
+    from actors.quantize import EmbeddingType
+    from actors.tokenize import Truncate
+
 ROWS_PER_PART = 4096
+# The tasks whose texts --truncate START and NONE apply to: ColBERT, rerankers and BM25 have rules of their own.
+_TRUNCATABLE = ("embed", "sparse")
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,14 @@ class JobConfig:
     rows_per_part: int = ROWS_PER_PART
     # Bytes of a large input per read task (jobs/sources.py).
     read_bytes: int = UNIT_BYTES
+    # How the `embedding` column is written (actors/quantize.py; dense models only), and for int8/uint8
+    # where the ranges come from: a .npy of [2, dim] ranges or a text file of calibration texts (a
+    # local path), replacing the catalogue's.
+    embedding_type: EmbeddingType = "float"
+    calibration: str | None = None
+    # A text over the model's max tokens: cut at its END (sentence-transformers' way), cut its START
+    # (keeps the end of the text), or NONE (the row goes to _errors/ with its token count).
+    truncate: Truncate = "END"
 
     def __post_init__(self) -> None:
         if self.id_column == self.text_column:
@@ -67,6 +81,42 @@ class JobConfig:
         if self.image_column and not self.model.is_clip:
             raise UserError(f"--image-column needs a CLIP model; {self.model.name} embeds text only")
         self.model.prompt(self.input_type, self.prompt_name, self.prompt)  # a prompt the model lacks stops the job here
+        self._check_embedding_type()
+        self._check_truncate()
+
+    def _check_embedding_type(self) -> None:
+        from actors.quantize import EMBEDDING_TYPES, check_type
+
+        kind, spec = self.embedding_type, self.model
+        if kind not in EMBEDDING_TYPES:
+            raise UserError(f"--embedding-type must be one of {', '.join(EMBEDDING_TYPES)}, got {kind!r}")
+        if kind != "float" and spec.task != "embed":
+            raise UserError(f"--embedding-type {kind} is for dense models; {spec.name} is a {spec.task} model, whose "
+                            "output stays as it is (leave --embedding-type at float)")
+        if self.calibration and not kind.endswith("int8"):
+            raise UserError(f"--calibration gives the ranges of int8 and uint8 vectors; this job writes {kind} ones "
+                            "(add --embedding-type int8 or uint8, or leave --calibration out)")
+        if kind.endswith("int8") and not self.calibration and not spec.quantization_ranges:
+            try:
+                check_type(kind, None, spec.name)
+            except UserError as e:  # the same advice, in the flag's words
+                raise UserError(f"{e} (for the job: --calibration PATH)") from None
+
+    def _check_truncate(self) -> None:
+        from actors.tokenize import TRUNCATES
+
+        if self.truncate not in TRUNCATES:
+            raise UserError(f"--truncate must be one of {', '.join(TRUNCATES)}, got {self.truncate!r}")
+        if self.truncate == "END":
+            return
+        if self.image_column:
+            raise UserError(f"--truncate {self.truncate}: images are not truncated; leave --truncate at END")
+        if self.model.task not in _TRUNCATABLE:
+            how = {"late_interaction": "a ColBERT model's texts are cut at their end",
+                   "rerank": "a reranker's (query, text) pairs are cut from the longer side",
+                   "bm25": "BM25 takes texts of any length"}.get(self.model.task, "")
+            raise UserError(f"--truncate {self.truncate} is not for {self.model.name} ({self.model.task}): {how}; "
+                            "leave --truncate at END")
 
     @property
     def prompt_used(self) -> tuple[str | None, str]:

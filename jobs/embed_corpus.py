@@ -9,6 +9,7 @@ it as a Ray job: `ray job submit --working-dir . -- python -m jobs.embed_corpus 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from dataclasses import replace
 from actors.catalog import CATALOG, model_from_arg
 from actors.errors import UserError
 from actors.export import EXPORT_VERSION
+from actors.quantize import Ranges
 from cluster.resources import CPU_STAGE_CPUS, PoolPlan
 from jobs.config import JobConfig
 from jobs.flags import add_job_arguments
@@ -65,6 +67,9 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         s3_endpoint=args.s3_endpoint,
         rows_per_part=args.rows_per_part,
         read_bytes=args.read_bytes,
+        embedding_type=args.embedding_type,
+        calibration=args.calibration,
+        truncate=args.truncate,
     )
 
 
@@ -83,12 +88,13 @@ def run(config: JobConfig) -> dict:
     if files[0].format == IMAGES:
         config = replace(config, id_column="id", image_column="image", keep=())
     _check_columns(files[0], config)  # a wrong --text-column stops the job here, before any work
+    ranges = _ranges(config)  # and a calibration file that is not one
 
     where = connect(config.address)
     plan = current_plan(min_actors=config.min_actors, max_actors=config.max_actors,
                         gpus_per_actor=config.gpus_per_actor, cpus_per_actor=config.cpus_per_actor)
     config = config.settled(on_gpus=bool(plan.gpus_per_actor))
-    model = _model_metadata(config)
+    model = _model_metadata(config, ranges)
     inputs = {f.key: f.identity for f in files}
     output = OutputFolder(config.output)
     with output.lease(uuid.uuid4().hex[:12]):
@@ -98,12 +104,14 @@ def run(config: JobConfig) -> dict:
         engine = "in the read tasks (no device actors)" if config.model.task == "bm25" else \
             f"{plan.min_actors}-{plan.max_actors} actors x ({plan.gpus_per_actor:g} GPU, {plan.cpus_per_actor:g} CPU), " \
             f"{config.backend} {config.precision}"
+        if config.embedding_type != "float":
+            engine += f", {config.embedding_type} vectors" + (f" (ranges from {ranges.source})" if ranges else "")
         print(f"rayembed: {len(files)} input files ({len(done)} already done, {len(units)} read units) on {where}; "
               f"{config.model.name} {engine}", file=sys.stderr)
 
         stats_name = f"rayembed-stats-{uuid.uuid4().hex[:8]}"
         collector = ray.remote(num_cpus=0)(StatsCollector).options(name=stats_name).remote()
-        written = _pipeline(config, units, plan, stats_name, model, inputs) if units else []
+        written = _pipeline(config, units, plan, stats_name, model, inputs, ranges) if units else []
         actors = ray.get(collector.collect.remote(), timeout=60)
         ray.kill(collector)
 
@@ -152,7 +160,25 @@ def _check_columns(file: InputFile, config: JobConfig) -> None:
         raise UserError(f"{file.path} has no column {missing}; its columns are {names}{hint}")
 
 
-def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, model: dict, inputs: dict) -> list[dict]:
+def _ranges(config: JobConfig) -> Ranges | None:
+    """The int8/uint8 ranges every actor quantises with, loaded (or computed from calibration texts,
+    in fp32 on this process's CPU, before Ray starts) once, here, before any work."""
+    if not config.embedding_type.endswith("int8"):
+        return None
+
+    def embed(texts: list[str]):
+        from actors.embedder import Embedder
+
+        embedder = Embedder(config.model, backend=config.backend, precision="fp32", device="cpu")
+        return embedder.embed(texts, config.input_type, prompt_name=config.prompt_name, prompt=config.prompt)
+
+    # An absolute path: the metadata says which file, wherever the job was started from.
+    calibration = os.path.abspath(config.calibration) if config.calibration else None
+    return Ranges.load(config.model, calibration, embed)
+
+
+def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, model: dict, inputs: dict,
+              ranges: Ranges | None) -> list[dict]:
     import ray
 
     from actors.device_actor import EmbedActor
@@ -182,28 +208,33 @@ def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, m
         num_gpus=plan.gpus_per_actor,
         fn_constructor_kwargs={"spec": config.model, "backend": config.backend, "precision": config.precision,
                                "device_batch_tokens": config.device_batch_tokens, "stats_actor": stats_name,
-                               "query": config.input_type == "query"},
+                               "query": config.input_type == "query", "embedding_type": config.embedding_type,
+                               "ranges": ranges},
     )
     ds = ds.map_batches(write_parts, batch_size=None, batch_format="pyarrow", num_cpus=CPU_STAGE_CPUS,
                         fn_kwargs={"output": config.output, "model": model, "inputs": inputs})
     return ds.take_all()
 
 
-def _model_metadata(config: JobConfig) -> dict:
+def _model_metadata(config: JobConfig, ranges: Ranges | None = None) -> dict:
     """What made the vectors: the model as resolved (its folder's files and the properties given),
-    the prompt put before each text, and the engine."""
+    the prompt put before each text, the engine, and how texts were cut and vectors written (the
+    embedding type, and for int8/uint8 where their ranges came from and a digest of them)."""
     spec = config.model
+    written = {"embedding_type": config.embedding_type, "ranges": ranges.source if ranges else None,
+               "ranges_sha256": hashlib.sha256(ranges.values.tobytes()).hexdigest()[:16] if ranges else None,
+               "truncate": config.truncate}
     if spec.task == "bm25":
         from actors.bm25 import BM25
 
         bm25 = BM25()
         return {"name": spec.name, "task": spec.task, "k1": bm25.k1, "b": bm25.b, "avg_len": bm25.avg_len,
-                "input_type": config.input_type, "export_version": EXPORT_VERSION}
+                "input_type": config.input_type, "export_version": EXPORT_VERSION, **written}
     prompt_name, prompt = config.prompt_used
     return {"name": spec.name, "task": spec.task, "dimensions": spec.dimensions, "precision": config.precision, "backend": config.backend,
             "normalize": spec.normalize, "pooling": spec.pooling, "dense_layers": len(spec.dense), "max_tokens": spec.max_tokens,
             "similarity": spec.similarity, "input_type": config.input_type, "prompt_name": prompt_name, "prompt": prompt,
-            "model_location": spec.model_location, "export_version": EXPORT_VERSION}
+            "model_location": spec.model_location, "export_version": EXPORT_VERSION, **written}
 
 
 def main(argv: list[str] | None = None) -> int:

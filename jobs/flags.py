@@ -9,8 +9,12 @@ import argparse
 
 from actors.catalog import DEFAULT_MODEL, INPUT_TYPES
 from actors.devices import BACKENDS, PRECISIONS
+from actors.quantize import EMBEDDING_TYPES
 from jobs.config import ROWS_PER_PART
 from jobs.sources import UNIT_BYTES
+
+# actors.tokenize.TRUNCATES, spelled here so that `--help` does not load the tokenizer (a test holds them equal).
+TRUNCATES = ("END", "START", "NONE")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +61,16 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     # --batch-tokens is the flag's first name, kept as an alias.
     parser.add_argument("--device-batch-tokens", "--batch-tokens", dest="device_batch_tokens", type=int,
                         help="padded tokens per device run (default 2048 on CPU, 65536 on GPU)")
+    parser.add_argument("--embedding-type", choices=EMBEDDING_TYPES, default="float",
+                        help="how vectors are written (dense models; as sentence-transformers' quantize_embeddings): "
+                        "float (default), int8/uint8 (a byte per dimension, from calibration ranges), binary/ubinary "
+                        "(packed sign bits, 1/32 of float's bytes)")
+    parser.add_argument("--calibration", metavar="PATH", help="int8/uint8 ranges instead of the model's catalogue "
+                        "entry's: a .npy of [2, dim] (min, max) per dimension, or a text file of representative texts, "
+                        "one per line (at least 100)")
+    parser.add_argument("--truncate", type=str.upper, choices=TRUNCATES, default="END",
+                        help="a text over the model's max tokens: END cuts its end (default), START its start (keeps "
+                        "the end of the text), NONE sends the row to OUTPUT/_errors with its token count")
     parser.add_argument("--rows-per-part", type=int, default=ROWS_PER_PART, help=f"rows per device actor call, and at most per output file (default {ROWS_PER_PART})")
     parser.add_argument("--read-bytes", type=int, default=UNIT_BYTES, help=f"bytes of a large input per read task "
                         f"(default {UNIT_BYTES // 2**20} MiB): a large file is read by many tasks at once")

@@ -8,8 +8,9 @@ and commits them at the end: a reader of OUTPUT sees the old output until then, 
 Exactly once: a retried task rewrites its rows, maybe cut into other parts than the first attempt's.
 At commit, the parts of each input are reduced to one set that covers the most positions without
 overlap (every row once), the rest are deleted; an input is complete when its parts tile it from 0
-to a `-end` part. Each part says in its Parquet metadata which model made it and which version of
-its input it came from: what `--resume` checks before it keeps a part.
+to a `-end` part. Each part says in its Parquet metadata which model made it, how (embedding type,
+int8 ranges, truncation) and which version of its input it came from: what `--resume` checks before
+it keeps a part.
 
 Nothing is written where a reader would take it half made: local files are written to a hidden
 temporary name and renamed; S3 objects are uploaded whole from memory (an error never commits an
@@ -47,6 +48,9 @@ LEASE_S = 120.0
 _PART = re.compile(r"^(?P<key>.+)\.pos-(?P<start>\d{15})-(?P<end>\d{15})(?P<last>-end)?\.parquet$")
 # The error row of a unit that could not be read (to its end), in _errors/ beside the parts.
 _FAILURE = re.compile(r"^(?P<key>.+)\.unit-(?P<start>\d{15})\.failed\.parquet$")
+# Keys of a part's metadata that describe it without being what --resume matches: the input's version
+# (checked on its own) and where int8 ranges came from (their digest, `ranges_sha256`, is matched).
+_NOT_IDENTITY = ("input", "ranges")
 
 
 def part_name(key: str, start: int, end: int, last: bool) -> str:
@@ -180,7 +184,7 @@ class OutputFolder:
             for key, parts in self.parts(staged).items():
                 chosen = choose_parts(parts)
                 made_by = self._metadata(*([STAGING] if staged else []), chosen[0].name)
-                if {k: v for k, v in made_by.items() if k != "input"} != model:
+                if _identity(made_by) != _identity(model):
                     raise UserError(
                         f"{self.uri} holds vectors of {_describe(made_by)}; this run embeds with "
                         f"{_describe(model)}. Resuming would mix two models in one output: give another OUTPUT, "
@@ -286,10 +290,16 @@ def _dead_here(held: dict) -> bool:
     return False
 
 
+def _identity(model: dict) -> dict:
+    return {k: v for k, v in model.items() if k not in _NOT_IDENTITY}
+
+
 def _describe(model: dict) -> str:
     if "name" not in model:
         return "an unknown model (an output of an older rayembed)"
-    return f"{model.get('name')} ({model.get('backend')} {model.get('precision')}, prompt {model.get('prompt')!r})"
+    ranges = f", ranges {model.get('ranges')} ({model.get('ranges_sha256')})" if model.get("ranges") else ""
+    return (f"{model.get('name')} ({model.get('backend')} {model.get('precision')}, prompt {model.get('prompt')!r}, "
+            f"{model.get('embedding_type')} vectors{ranges}, truncate {model.get('truncate')})")
 
 
 class Lease:

@@ -217,7 +217,9 @@ def _tokenize_chunk(piece: Chunk, tokenizer: Tokenizer, config: JobConfig, unit:
     if config.model.task == "rerank":
         tokenized = tokenizer.encode_pairs(_column(piece.table, config.query_column).to_pylist(), texts)
     else:  # `query` only matters to ColBERT, which tokenises queries otherwise than documents
-        tokenized = tokenizer.encode(texts, config.prompt_used[1], query=config.input_type == "query")
+        # Over-long texts are cut as --truncate says; with NONE they come back as errors giving their token counts.
+        tokenized = tokenizer.encode(texts, config.prompt_used[1], query=config.input_type == "query",
+                                     truncate=config.truncate)
     for e in tokenized.errors:
         if errors[e.index] is None:
             errors[e.index] = e.reason

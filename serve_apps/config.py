@@ -6,6 +6,7 @@ being served with a default.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -31,6 +32,9 @@ class ServedModel(BaseModel):
         16384, validation_alias=AliasChoices("queue_batch_tokens", "max_batch_tokens")
     )
     max_batch_images: PositiveInt = 64  # CLIP models: images per engine call
+    # int8/uint8 embedding types' ranges, in place of the catalogue's (actors/quantize.py): a .npy of
+    # [2, dim] (min, max) per dimension, or a text file of representative texts, one per line.
+    calibration: str | None = None
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     # Engine calls joined at once. 1 on CPU: measured on 2 cores, 2 split the waiting requests into
     # smaller calls (c=16: 90 req/s against 142). A GPU replica may gain from 2 (the next call is
@@ -65,6 +69,10 @@ class AppConfig(BaseModel):
     # /docs and /openapi.json. Off by default: they answer anyone who reaches the app, API key or not,
     # and say what it runs.
     api_docs: bool = False
+    # Where the replicas send OpenTelemetry traces (OTLP over HTTP, e.g. http://collector:4318), as
+    # OTEL_EXPORTER_OTLP_ENDPOINT would say; unset, that variable in the replicas' environment decides,
+    # and with neither nothing is traced (serve_apps/tracing.py).
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
 
 
 APP_IMPORT_PATH = "serve_apps.openai_api:build_app"
@@ -86,6 +94,10 @@ def check_app_args(args: dict | None) -> AppConfig:
         spec = CATALOG.resolve(served.model)
         if spec.task != "bm25":  # BM25 has no files
             check_location(spec)
+        if served.calibration is not None and (spec.task != "embed" or not Path(served.calibration).is_file()):
+            raise UserError(f"the app's args: model {spec.name!r}: calibration {served.calibration!r} "
+                            + ("is not a file: give a .npy of [2, dim] ranges or a text file of one text per line"
+                               if spec.task == "embed" else f"is for dense models; {spec.name} is a {spec.task} model"))
     return config
 
 

@@ -15,6 +15,7 @@ input; nothing a request sends runs on the event loop for long (docs/serving.md:
 # FastAPI cannot resolve string annotations there (`request: Request` became a query parameter, 422).
 import asyncio
 import hmac
+import importlib.metadata
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
@@ -33,9 +35,11 @@ from actors.catalog import CATALOG, ModelSpec
 from actors.embedder import Embedder
 from actors.errors import UserError
 from actors.images import MAX_BYTES as MAX_IMAGE_BYTES
+from actors.quantize import EMBEDDING_TYPES, Ranges
 from actors.tokenize import Tokenized
 from cluster.autoscaling import serve_autoscaling_config
 from cluster.resources import this_worker
+from serve_apps import tracing
 from serve_apps.bodies import read_body
 from serve_apps.config import AppConfig, check_app_args
 from serve_apps.images import ImageReader, ImageReadTimeout, ImageRefused, ImageTooLarge, image_pixels
@@ -46,8 +50,9 @@ from serve_apps.protocol import (
     RequestError,
     embeddings_body,
     parse_embeddings,
+    parse_tokenize,
 )
-from serve_apps.queues import BatchMetrics, ModelQueues, model_queues
+from serve_apps.queues import NO_FINISH, BatchMetrics, ModelQueues, model_queues
 from serve_apps.reranking import multi_vector_body, parse_rerank, rerank_body, sparse_body
 from serve_apps.tokenizing import TokenizeQueue
 
@@ -61,6 +66,7 @@ BIG_BODY_BYTES = 1 << 20
 BIG_RESPONSE_FLOATS = 1 << 16
 
 Refusal = tuple[int, RequestError]  # an input that cannot be embedded: its place in the request, and the 4xx
+_VERSION = importlib.metadata.version("rayembed")
 
 
 @api.exception_handler(RequestError)
@@ -72,7 +78,7 @@ async def _refused(request: Request, error: RequestError) -> JSONResponse:
 async def _no_route(request: Request, error: HTTPException) -> JSONResponse:
     # Starlette's own answers (no such route, wrong method) in OpenAI's shape like every other error.
     message = f"{request.method} {request.url.path}: {error.detail}; this app serves POST /v1/embeddings, " \
-              "POST /v1/rerank, GET /v1/models and GET /healthz"
+              "POST /v1/rerank, POST /tokenize, GET /v1/models, GET /info and GET /healthz"
     return JSONResponse(RequestError(error.status_code, message).body(), status_code=error.status_code,
                         headers=error.headers)
 
@@ -86,6 +92,12 @@ async def _failed(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(failure.body(), status_code=500)
 
 
+# Every response, errors too, carries Serve's own request id in `x-request-id` (the client's, if it
+# sent one): Serve's proxy or the replica's direct ingress adds it, in its logs too. Where an OTLP
+# endpoint is configured, FastAPI makes each request's span and this puts the id on it.
+api.add_middleware(tracing.RequestIds)
+
+
 @dataclass(frozen=True)
 class _Model:
     spec: ModelSpec
@@ -93,6 +105,7 @@ class _Model:
     embedder: Embedder | None = None  # none for BM25, which needs no model
     queues: ModelQueues | None = None
     bm25: BM25 | None = None
+    ranges: Ranges | None = None  # int8/uint8 calibration (dense models only)
 
 
 # Defined above the deployment: serve.ingress pickles the class where it is declared, with the
@@ -105,6 +118,20 @@ def _model_entry(spec: ModelSpec) -> dict:
             "takes_images": spec.is_clip}
 
 
+def _model_info(model: _Model, served) -> dict:
+    spec, embedder = model.spec, model.embedder
+    engine = {"precision": embedder.precision, "backend": embedder.backend, "device": str(embedder.device),
+              "max_batch_tokens": served.queue_batch_tokens} if embedder is not None else \
+        {"precision": None, "backend": "builtin", "device": "cpu", "max_batch_tokens": None}
+    dense = spec.task == "embed"
+    types = [t for t in EMBEDDING_TYPES if not t.endswith("int8") or model.ranges is not None] if dense else ["float"]
+    return {"name": spec.name, "aliases": list(spec.aliases), "task": spec.task, "dimensions": spec.dimensions,
+            "max_tokens": spec.max_tokens, "pooling": spec.pooling, "normalize": spec.normalize,
+            "prompts": dict(spec.prompts), "default_prompt_name": spec.default_prompt_name,
+            "matryoshka_dims": list(spec.matryoshka_dims), "takes_images": spec.is_clip, **engine,
+            "embedding_types": types, "calibration": model.ranges.source if model.ranges is not None else None}
+
+
 def _not_embedded(row: int, reason: object) -> Refusal:
     return row, RequestError(400, f"input[{row}] cannot be embedded: {reason}", param="input")
 
@@ -114,8 +141,16 @@ def _over_budget(row: int, budget: int, of: str) -> RequestError:
                              f"max_image_{of}_per_request): send fewer or smaller images", param="input")
 
 
-def _text_refusals(tokenized: Tokenized, rows: list[int]) -> list[Refusal]:
-    """The tokenizer's verdict on the first text it refused, if any (`rows`: the texts' places in the request)."""
+def _text_refusals(tokenized: Tokenized, rows: list[int], spec: ModelSpec) -> list[Refusal]:
+    """The tokenizer's verdict on the first text it refused, if any (`rows`: the texts' places in the
+    request); texts refused for their length (truncate NONE) are named all together, with their counts."""
+    over = [e for e in tokenized.errors if e.tokens is not None]
+    if over and over[0] is tokenized.errors[0]:
+        listed = ", ".join(f"input[{rows[e.index]}] has {e.tokens:,}" for e in over[:32])
+        more = f" and {len(over) - 32} more" if len(over) > 32 else ""
+        message = (f"{len(over)} input{'s are' if len(over) > 1 else ' is'} over {spec.name}'s limit of {spec.max_tokens} "
+                   f"tokens, and truncate is NONE: {listed} tokens{more}; shorten them, or send truncate END or START")
+        return [(rows[over[0].index], RequestError(400, message, param="input", code="input_too_long"))]
     return [_not_embedded(rows[e.index], e.reason) for e in tokenized.errors[:1]]
 
 
@@ -124,6 +159,7 @@ def _text_refusals(tokenized: Tokenized, rows: list[int]) -> list[Refusal]:
 class EmbeddingsAPI:
     def __init__(self, config: dict) -> None:
         self.config = AppConfig.model_validate(config)
+        tracing.setup(self.config.otlp_endpoint)
         worker = this_worker()
         batch_metrics = BatchMetrics()
         self.models: dict[str, _Model] = {}
@@ -136,10 +172,11 @@ class EmbeddingsAPI:
                 embedder = Embedder(spec, backend=served.backend, precision=served.precision, device=worker.device,
                                     threads=self.config.threads or worker.threads)
                 embedder.warmup()
+                ranges = Ranges.load(spec, served.calibration, embedder.embed) if spec.task == "embed" else None
                 model = _Model(spec, TokenizeQueue(embedder, self.config.tokenizer_threads), embedder,
-                               model_queues(embedder, served, batch_metrics))
+                               model_queues(embedder, served, batch_metrics), ranges=ranges)
             self.models[spec.name] = model
-            card = ModelCard(spec)
+            card = ModelCard(spec, model.ranges)
             for alias in (spec.name, *spec.aliases):
                 self.cards[alias.lower()] = card
         # Images are decoded on threads of their own, apart from the engine's and the tokenizer's; files
@@ -162,6 +199,24 @@ class EmbeddingsAPI:
         data = [_model_entry(self.models[name].spec) for name in sorted(self.models)]
         return {"object": "list", "data": data}
 
+    @api.get("/info")
+    async def info(self, request: Request) -> dict:
+        """What each served model is and how it runs here (TEI's /info, for every model the app serves)."""
+        self._authorise(request)
+        return {"version": _VERSION, "models": [_model_info(self.models[name], served) for name, served in
+                                                 sorted(zip(self.models, self.config.models))]}
+
+    @api.post("/tokenize")
+    async def tokenize(self, request: Request) -> Response:
+        """Token ids of texts, whole, as TEI's /tokenize gives them (one list of tokens per input)."""
+        self._authorise(request)
+        body = await read_body(request, self.config.max_request_bytes)
+        parsed = parse_tokenize(body, self.cards, max_inputs=self.config.max_inputs_per_request)
+        tokenizer = self.models[parsed.model.name].embedder.tokenizer
+        tokens = await self.models[parsed.model.name].tokenizer.run(tokenizer.tokens_of, parsed.texts, parsed.prompt,
+                                                                    parsed.add_special_tokens)
+        return Response(await self._json(partial(orjson.dumps, tokens)), media_type="application/json")
+
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> dict:
         self._docs_on()
@@ -175,10 +230,12 @@ class EmbeddingsAPI:
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         self._authorise(request)
-        body = await read_body(request, self.config.max_request_bytes)
-        parse = partial(parse_embeddings, body, self.cards, max_inputs=self.config.max_inputs_per_request,
-                        image_roots=self.config.image_roots)
-        parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
+        with tracing.stage("parse"):
+            body = await read_body(request, self.config.max_request_bytes)
+            parse = partial(parse_embeddings, body, self.cards, max_inputs=self.config.max_inputs_per_request,
+                            image_roots=self.config.image_roots)
+            parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
+        tracing.describe(parsed.model.name, len(parsed.items))
         model = self.models[parsed.model.name]
         if model.spec.task != "embed":
             return await self._not_dense(model, parsed)
@@ -191,31 +248,35 @@ class EmbeddingsAPI:
             urls = [parsed.items[i].url for i in image_rows]
             decoding = asyncio.get_running_loop().run_in_executor(self.image_pool, self._pixels, model.embedder, urls,
                                                                   image_rows)
-        tokenized = await model.tokenizer.tokenize([parsed.items[i] for i in text_rows], parsed.prompt) \
-            if text_rows else None
+        tokenized = await model.tokenizer.tokenize([parsed.items[i] for i in text_rows], parsed.prompt,
+                                                   truncate=parsed.truncate) if text_rows else None
         pixels, refusals = await decoding if decoding is not None else (None, [])
         if tokenized is not None:
-            refusals = refusals + _text_refusals(tokenized, text_rows)
+            refusals = refusals + _text_refusals(tokenized, text_rows, model.spec)
         if refusals:
             raise min(refusals, key=lambda refusal: refusal[0])[1]
         vectors = np.empty((len(parsed.items), parsed.dimensions or model.embedder.dimensions), dtype=np.float32)
+        finish = (parsed.dimensions, parsed.normalize)
         if pixels is not None:
-            vectors[image_rows] = await model.queues.images(pixels, parsed.dimensions)
+            vectors[image_rows] = await model.queues.images(pixels, finish)
         tokens = tokenized.tokens if tokenized is not None else None
         if tokens is not None:
-            vectors[text_rows] = await model.queues.text(tokens, parsed.dimensions)
+            vectors[text_rows] = await model.queues.text(tokens, finish)
         used, truncated = (int(tokens.offsets[-1]), int(tokens.truncated.sum())) if tokens is not None else (0, 0)
-        write = partial(embeddings_body, vectors, parsed.encoding_format, model.embedder.spec.name, used, truncated)
-        return Response(await self._json(write) if vectors.size >= BIG_RESPONSE_FLOATS else write(),
-                        media_type="application/json")
+        write = partial(embeddings_body, vectors, parsed, model.embedder.spec.name, used, truncated)
+        with tracing.stage("encode"):
+            return Response(await self._json(write) if vectors.size >= BIG_RESPONSE_FLOATS else write(),
+                            media_type="application/json")
 
     @api.post("/v1/rerank")
     async def rerank(self, request: Request) -> Response:
         """Scores of (query, document) pairs, best first: the body Cohere, Jina, vLLM and infinity share."""
         self._authorise(request)
-        body = await read_body(request, self.config.max_request_bytes)
-        parse = partial(parse_rerank, body, self.cards, max_documents=self.config.max_inputs_per_request)
-        parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
+        with tracing.stage("parse"):
+            body = await read_body(request, self.config.max_request_bytes)
+            parse = partial(parse_rerank, body, self.cards, max_documents=self.config.max_inputs_per_request)
+            parsed = await self._json(parse) if len(body) >= BIG_BODY_BYTES else parse()
+        tracing.describe(parsed.model.name, len(parsed.documents))
         model = self.models[parsed.model.name]
         n = len(parsed.documents)
         tokenized = await model.tokenizer.run(model.embedder.tokenize_pairs, [parsed.query] * n, parsed.documents)
@@ -224,8 +285,9 @@ class EmbeddingsAPI:
             if first.reason.startswith("query:"):
                 raise RequestError(400, f"the query cannot be scored: {first.reason[len('query: '):]}", param="query")
             raise RequestError(400, f"documents[{first.index}] cannot be scored: {first.reason}", param="documents")
-        scores = await model.queues.text(tokenized.tokens, None)
-        return Response(rerank_body(parsed, scores, int(tokenized.tokens.offsets[-1])), media_type="application/json")
+        scores = await model.queues.text(tokenized.tokens, NO_FINISH)
+        with tracing.stage("encode"):
+            return Response(rerank_body(parsed, scores, int(tokenized.tokens.offsets[-1])), media_type="application/json")
 
     async def _not_dense(self, model: _Model, parsed: EmbeddingsRequest) -> Response:
         """/v1/embeddings on a sparse (SPLADE, BM25) or late-interaction (ColBERT) model."""
@@ -240,18 +302,19 @@ class EmbeddingsAPI:
                 raise _not_embedded(errors[0].index, errors[0].reason)[1]
             return Response(sparse_body(vectors, spec.name, 0, 0), media_type="application/json")
         colbert = spec.task == "late_interaction"
-        tokenized = await model.tokenizer.tokenize(texts, parsed.prompt, query=query and colbert)
-        refusals = _text_refusals(tokenized, list(range(len(texts))))
+        tokenized = await model.tokenizer.tokenize(texts, parsed.prompt, query=query and colbert, truncate=parsed.truncate)
+        refusals = _text_refusals(tokenized, list(range(len(texts))), spec)
         if refusals:
             raise refusals[0][1]
         tokens = tokenized.tokens
         used, truncated = int(tokens.offsets[-1]), int(tokens.truncated.sum())
         if colbert:
-            out = await (model.queues.queries if query else model.queues.text)(tokens, None)
+            out = await (model.queues.queries if query else model.queues.text)(tokens, NO_FINISH)
             write = partial(multi_vector_body, [out.row(i) for i in range(len(out))], spec.name, used, truncated)
         else:
-            write = partial(sparse_body, await model.queues.text(tokens, None), spec.name, used, truncated)
-        return Response(await self._json(write), media_type="application/json")
+            write = partial(sparse_body, await model.queues.text(tokens, NO_FINISH), spec.name, used, truncated)
+        with tracing.stage("encode"):
+            return Response(await self._json(write), media_type="application/json")
 
     async def _json(self, work):
         return await asyncio.get_running_loop().run_in_executor(self.json_pool, work)

@@ -10,17 +10,25 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 
 from actors.errors import UserError
+from actors.quantize import EMBEDDING_TYPES, EmbeddingType, Ranges, check_type, quantize
 from actors.spec import ModelSpec
+from actors.tokenize import TRUNCATES, Truncate
 from serve_apps.images import names_image
 
-EncodingFormat = Literal["float", "base64"]
-ENCODING_FORMATS: tuple[str, ...] = get_args(EncodingFormat)
+# How an embedding is written: JSON numbers, or base64 of its bytes (float32 little-endian, int8, uint8).
+# `encoding_format` also takes an embedding type's name: that type, as JSON numbers.
+Encoding = Literal["float", "base64"]
+ENCODING_FORMATS: tuple[str, ...] = ("float", "base64", *EMBEDDING_TYPES[1:])
+# What LangChain's OpenAIEmbeddings sends unless told otherwise, and how to tell it.
+TOKEN_ARRAYS = ("token arrays are not accepted: rayembed tokenises text with each model's own tokenizer, and ids "
+                "from another (tiktoken's, which LangChain's OpenAIEmbeddings sends by default) are wrong for every "
+                "model here: send the text (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
 
 
 class RequestError(Exception):
@@ -42,9 +50,10 @@ class RequestError(Exception):
 @dataclass(frozen=True)
 class ModelCard:
     """What a request is checked against: a served model's spec (name, width, prompts, Matryoshka
-    dimensions) and whether it takes images."""
+    dimensions), whether it takes images, and its int8 calibration ranges, if it has any."""
 
     spec: ModelSpec
+    ranges: Ranges | None = None
 
     @property
     def name(self) -> str:
@@ -68,8 +77,14 @@ class ImageInput:
 class EmbeddingsRequest:
     model: ModelCard
     items: list[str | ImageInput]  # in the request's order
-    encoding_format: EncodingFormat
+    encoding: Encoding
+    # The embedding types asked for (Cohere's `embedding_types`, NIM's `embedding_type`, or an
+    # `encoding_format` that names one), and whether each `embedding` is an object by type (Cohere's list).
+    types: tuple[EmbeddingType, ...]
+    by_type: bool
     dimensions: int | None
+    normalize: bool | None  # None: as the model says
+    truncate: Truncate
     prompt: str  # the text put before each input: from input_type or prompt_name, else the model's default
     input_type: str | None  # query, passage or document: a BM25 or ColBERT model encodes queries its own way
 
@@ -81,11 +96,16 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs
     payload = json_object(body)
     model = model_card(payload.get("model", ""), models)
     items = _items(payload.get("input"), max_inputs)
+    encoding, types, by_type = _types(payload, model)
     return EmbeddingsRequest(
         model=model,
         items=[_item(i, item, model, image_roots) for i, item in enumerate(items)],
-        encoding_format=_encoding_format(payload.get("encoding_format", "float")),
+        encoding=encoding,
+        types=types,
+        by_type=by_type,
         dimensions=_dimensions(payload.get("dimensions"), model),
+        normalize=_normalize(payload.get("normalize"), model),
+        truncate=truncate_of(payload.get("truncate", "END"), model),
         prompt=_prompt(payload.get("input_type"), payload.get("prompt_name"), model),
         input_type=payload.get("input_type"),
     )
@@ -123,13 +143,15 @@ def model_card(name: object, models: Mapping[str, ModelCard]) -> ModelCard:
     return card
 
 
-def _items(inputs: object, max_inputs: int) -> list:
+def _items(inputs: object, max_inputs: int, param: str = "input") -> list:
     items = [inputs] if isinstance(inputs, (str, dict)) else inputs
     if not isinstance(items, list) or not items:
-        raise RequestError(400, "'input' must be a string or a non-empty list of strings", param="input")
+        raise RequestError(400, f"'{param}' must be a string or a non-empty list of strings", param=param)
+    if all(isinstance(item, int) for item in items):  # one token array: OpenAI's `input: [1, 2, 3]`
+        raise RequestError(400, f"'{param}' is a list of token ids: {TOKEN_ARRAYS}", param=param)
     if len(items) > max_inputs:
         raise RequestError(400, f"{len(items)} inputs in one request; the limit is {max_inputs}: split the request",
-                           param="input")
+                           param=param)
     return items
 
 
@@ -145,16 +167,59 @@ def _item(i: int, item: object, model: ModelCard, image_roots: list[str]) -> str
         hint = "" if model.takes_images else f": {model.name} embeds text only"
         raise RequestError(400, f"input[{i}] is an object; images are accepted only by CLIP models{hint}",
                            param="input")
+    if isinstance(item, list) and item and all(isinstance(t, int) for t in item):
+        raise RequestError(400, f"input[{i}] is a list of token ids: {TOKEN_ARRAYS}", param="input")
     if not isinstance(item, str):
-        raise RequestError(400, f"input[{i}] is not a string (token arrays are not accepted): send text", param="input")
+        raise RequestError(400, f"input[{i}] is not a string: send text", param="input")
     return item
 
 
-def _encoding_format(value: object) -> EncodingFormat:
-    # A sparse or late-interaction model's embeddings are JSON objects or lists whatever this says: the
-    # openai client asks for base64 by default, and passes through what is not a base64 string.
-    if value not in ENCODING_FORMATS:
-        raise RequestError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+def _types(payload: dict, model: ModelCard) -> tuple[Encoding, tuple[EmbeddingType, ...], bool]:
+    """(encoding, embedding types, whether each embedding is an object by type) from `encoding_format`,
+    `embedding_types` (Cohere: a list, and the embeddings come by type) or `embedding_type` (NIM: one)."""
+    fmt = payload.get("encoding_format", "float")
+    if fmt not in ENCODING_FORMATS:
+        raise RequestError(400, f"'encoding_format' must be one of {', '.join(map(repr, ENCODING_FORMATS))}",
+                           param="encoding_format")
+    named = {k: payload[k] for k in ("embedding_types", "embedding_type") if payload.get(k) is not None}
+    if fmt not in ("float", "base64"):
+        named["encoding_format"] = fmt
+    if len(named) > 1:
+        raise RequestError(400, f"{' and '.join(named)} each name the embedding type: give one", param=next(iter(named)))
+    param, asked = next(iter(named.items()), ("encoding_format", "float"))
+    by_type = param == "embedding_types"
+    if by_type and (not isinstance(asked, list) or not asked):
+        raise RequestError(400, "'embedding_types' must be a non-empty list of types", param=param)
+    types = []
+    for name in asked if by_type else [asked]:
+        try:
+            types.append(check_type(name, model.ranges, model.name))
+        except UserError as e:
+            raise RequestError(400, str(e), param=param) from None
+    if model.spec.task != "embed" and set(types) != {"float"}:
+        raise RequestError(400, f"{model.name} is a {model.spec.task} model: embedding types quantise dense vectors only",
+                           param=param)
+    return ("base64" if fmt == "base64" else "float"), tuple(dict.fromkeys(types)), by_type
+
+
+def _normalize(value: object, model: ModelCard) -> bool | None:
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise RequestError(400, "'normalize' must be true or false", param="normalize")
+    if model.spec.task != "embed":
+        raise RequestError(400, f"{model.name} is a {model.spec.task} model: 'normalize' applies to dense vectors only",
+                           param="normalize")
+    return value
+
+
+def truncate_of(value: object, model: ModelCard) -> Truncate:
+    """`truncate` as NIM and Cohere spell it: END (the default), START or NONE."""
+    if value not in TRUNCATES:
+        raise RequestError(400, f"'truncate' must be one of {', '.join(TRUNCATES)} (END cuts an over-long input's end, "
+                                "START its start, NONE refuses it)", param="truncate")
+    if value != "END" and model.spec.task in ("late_interaction", "bm25"):
+        raise RequestError(400, f"{model.name} is a {model.spec.task} model: it takes truncate END only", param="truncate")
     return value  # type: ignore[return-value]
 
 
@@ -185,17 +250,57 @@ def _prompt(input_type: object, prompt_name: object, model: ModelCard) -> str:
         raise RequestError(400, str(e), param="prompt_name" if prompt_name is not None else "input_type") from None
 
 
-def embeddings_body(vectors: np.ndarray, encoding_format: EncodingFormat, model: str, tokens: int,
-                    truncated: int) -> bytes:
-    """The response body: one embedding per input in request order, float lists or base64 little-endian float32."""
-    if encoding_format == "base64":
-        little = vectors.astype("<f4", copy=False)
-        encoded: list = [base64.b64encode(row.tobytes()).decode() for row in little]
+def embeddings_body(vectors: np.ndarray, request: EmbeddingsRequest, model: str, tokens: int, truncated: int) -> bytes:
+    """The response body: one embedding per input in request order, of each type asked, as JSON numbers
+    or base64 of its bytes (float32 little-endian; int8 and uint8 as they are)."""
+    columns = {t: _encoded(quantize(vectors, t, request.model.ranges), request.encoding) for t in request.types}
+    if request.by_type:
+        embeddings: list = [{t: column[i] for t, column in columns.items()} for i in range(len(vectors))]
     else:
-        # orjson writes float32 rows as they are (the shortest text that reads back to the same
-        # float32): 19x faster than tolist() + json.dumps here, and half the bytes.
-        encoded = list(np.ascontiguousarray(vectors, dtype=np.float32))
-    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
+        (embeddings,) = columns.values()
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_inputs": truncated}
-    return orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage},
-                        option=orjson.OPT_SERIALIZE_NUMPY)
+    body = {"object": "list", "data": data, "model": model, "usage": usage}
+    if any(t.endswith("int8") for t in request.types):  # which ranges made them
+        body["calibration"] = request.model.ranges.source
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _encoded(values: np.ndarray, encoding: Encoding) -> list:
+    if encoding == "base64":
+        little = values.astype("<f4", copy=False) if values.dtype == np.float32 else values
+        return [base64.b64encode(row.tobytes()).decode() for row in little]
+    # orjson writes float32 rows as they are (the shortest text that reads back to the same float32):
+    # 19x faster than tolist() + json.dumps here, and half the bytes; int8 and uint8 rows as integers.
+    return list(np.ascontiguousarray(values))
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    model: ModelCard
+    texts: list[str]
+    prompt: str
+    add_special_tokens: bool
+
+
+def parse_tokenize(body: bytes, models: Mapping[str, ModelCard], *, max_inputs: int) -> TokenizeRequest:
+    """TEI's `/tokenize` body, `{"inputs": str | [str], "add_special_tokens"?, "prompt_name"?}`, with the
+    model named as in `/v1/embeddings` (`model`; it may be left out where one model is served)."""
+    payload = json_object(body)
+    served = {card.name: card for card in models.values()}
+    if "model" not in payload and len(served) == 1:
+        model = next(iter(served.values()))
+    else:
+        model = model_card(payload.get("model", ""), models)
+    if model.spec.task == "bm25":
+        raise RequestError(400, f"{model.name} splits words with a stemmer, not a tokenizer: it has no token ids",
+                           param="model")
+    texts = _items(payload.get("inputs"), max_inputs, "inputs")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(400, f"inputs[{i}] is not a string: send text", param="inputs")
+    add_special_tokens = payload.get("add_special_tokens", True)
+    if not isinstance(add_special_tokens, bool):
+        raise RequestError(400, "'add_special_tokens' must be true or false", param="add_special_tokens")
+    return TokenizeRequest(model, texts, _prompt(payload.get("input_type"), payload.get("prompt_name"), model),
+                           add_special_tokens)

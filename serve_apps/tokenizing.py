@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from actors.embedder import Embedder
-from actors.tokenize import RowError, Tokenized
+from actors.tokenize import RowError, Tokenized, Truncate
+from serve_apps import tracing
 
 
 class TokenizeQueue:
@@ -24,22 +25,25 @@ class TokenizeQueue:
         self._embedder = embedder
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rayembed-tokenize")
-        # Each request's texts, and the (prompt, query) they are encoded with (`query`: ColBERT's queries).
-        self._waiting: list[tuple[list, tuple[str, bool], asyncio.Future]] = []
+        # Each request's texts, and the (prompt, query, truncate) they are encoded with (`query`: ColBERT's queries).
+        self._waiting: list[tuple[list, tuple[str, bool, Truncate], asyncio.Future]] = []
         self._busy = 0
 
-    async def tokenize(self, texts: list, prompt: str = "", query: bool = False) -> Tokenized:
-        """The texts' tokens, each after `prompt` (the text the request's input_type or prompt_name gives)."""
+    async def tokenize(self, texts: list, prompt: str = "", query: bool = False, truncate: Truncate = "END") -> Tokenized:
+        """The texts' tokens, each after `prompt` (the text the request's input_type or prompt_name gives),
+        over-long ones cut or refused as `truncate` says."""
         loop = asyncio.get_running_loop()
         result = loop.create_future()
-        self._waiting.append((texts, (prompt, query), result))
+        self._waiting.append((texts, (prompt, query, truncate), result))
         if self._busy < self._threads:
             self._start(loop)
-        return await result
+        with tracing.stage("tokenize"):
+            return await result
 
     async def run(self, work, *args):
         """Other text work of one request on these threads: pairs for a reranker, BM25's weights."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+        with tracing.stage("tokenize"):
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._waiting = self._waiting, []
@@ -69,9 +73,10 @@ class TokenizeQueue:
                 out[k] = tokenized
         return out  # type: ignore[return-value]
 
-    def _tokenize(self, requests: list[list], prompt: str, query: bool) -> list[Tokenized]:
+    def _tokenize(self, requests: list[list], prompt: str, query: bool, truncate: Truncate) -> list[Tokenized]:
         """One encode for every request's texts, split back into one Tokenized per request."""
-        joined = self._embedder.tokenizer.encode([text for texts in requests for text in texts], prompt, query=query)
+        joined = self._embedder.tokenizer.encode([text for texts in requests for text in texts], prompt, query=query,
+                                                 truncate=truncate)
         if len(requests) == 1:
             return [joined]
         starts = np.cumsum([0] + [len(texts) for texts in requests])
@@ -79,7 +84,7 @@ class TokenizeQueue:
         errors_by_request: list[list[RowError]] = [[] for _ in requests]
         for e in joined.errors:
             k = int(np.searchsorted(starts, e.index, side="right") - 1)
-            errors_by_request[k].append(RowError(e.index - int(starts[k]), e.reason))
+            errors_by_request[k].append(RowError(e.index - int(starts[k]), e.reason, e.tokens))
         out = []
         for k in range(len(requests)):
             mine = np.flatnonzero(owner == k)

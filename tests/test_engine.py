@@ -108,3 +108,40 @@ def test_stats_count_what_was_done(sts_test):
     assert embedder.stats.tokens == len(tokenized.tokens.ids)
     assert embedder.stats.padded_tokens >= embedder.stats.tokens
     assert embedder.stats.batches >= 1 and embedder.stats.seconds > 0
+
+
+def test_each_embedding_type_is_sentence_transformers_quantize_embeddings(fp32_embedder, tmp_path):
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    from actors.quantize import EMBEDDING_TYPES, Ranges, quantize
+
+    rng = np.random.default_rng(17)
+    vectors = rng.normal(size=(300, 100)).astype(np.float32)  # 100: not a multiple of 8, bits are padded
+    vectors[0, :10] = 0.0  # zero is not > 0: a 0 bit, as sentence-transformers packs it
+    ranges = Ranges(np.vstack((vectors[:200].min(0), vectors[:200].max(0))), "test")
+    for kind in EMBEDDING_TYPES:
+        expected = quantize_embeddings(vectors, "float32" if kind == "float" else kind, ranges=ranges.values)
+        got = quantize(vectors, kind, ranges)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), kind  # values outside the ranges too
+    # A calibration set in config: its texts' vectors' ranges, as quantize_embeddings computes them.
+    texts = [f"calibration sentence number {i} about topic {i % 7}" for i in range(120)]
+    (tmp_path / "texts.txt").write_text("\n".join(texts))
+    from_texts = Ranges.load(fp32_embedder.spec, str(tmp_path / "texts.txt"), fp32_embedder.embed)
+    floats = fp32_embedder.embed(texts[:5])
+    assert np.array_equal(quantize(floats, "int8", from_texts),
+                          quantize_embeddings(floats, "int8", calibration_embeddings=fp32_embedder.embed(texts)))
+    assert from_texts.source.endswith("texts.txt (120 texts)")
+    assert Ranges.load(fp32_embedder.spec).source == "catalogue: all-MiniLM-L6-v2.npy"
+
+
+def test_truncate_start_and_none(fp32_embedder):
+    long = "first words here " + " ".join(f"t{i}" for i in range(400)) + " the very end"
+    end = fp32_embedder.tokenize(["short", long])
+    start = fp32_embedder.tokenize(["short", long], truncate="START")
+    refused = fp32_embedder.tokenize(["short", long, "short again"], truncate="NONE")
+    whole = [t["id"] for t in fp32_embedder.tokenizer.tokens_of([long])[0]]
+    row = slice(int(start.tokens.offsets[1]), int(start.tokens.offsets[2]))
+    assert start.tokens.ids[row].tolist() == whole[:1] + whole[-255:] and start.tokens.truncated.tolist() == [False, True]
+    assert end.tokens.ids[row].tolist() == whole[:255] + whole[-1:]
+    assert refused.rows.tolist() == [0, 2] and [(e.index, e.tokens) for e in refused.errors] == [(1, len(whole))]
+    assert f"too long: {len(whole):,} tokens" in refused.errors[0].reason

@@ -316,7 +316,7 @@ def test_dimensions_only_where_matryoshka_holds(random_models, texts):
     with pytest.raises(UserError, match=r"model 'qwen3' declares no Matryoshka dimensions"):
         plain.embed(texts[:2], dimensions=32)
     with pytest.raises(UserError, match=r"model 'qwen3' declares no Matryoshka dimensions"):
-        plain.shape(plain.embed(texts[:2]), 32)
+        plain.finish(plain.dense_tokens(plain.tokenize(texts[:2]).tokens), 32)
     assert plain.embed(texts[:2], dimensions=64).shape == (2, 64)  # the full width is no cut
     said = Embedder({"model_location": folder, "matryoshka_dims": [32, 16]}, precision="fp32", device="cpu")
     reference = SentenceTransformer(folder, device="cpu", truncate_dim=32).encode(texts, normalize_embeddings=True)

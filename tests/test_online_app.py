@@ -149,7 +149,15 @@ def test_truncation_is_reported_in_usage(base_url):
         ({"model": MODEL, "input": []}, 400, "non-empty list of strings"),
         ({"model": MODEL, "input": ["x"] * 9}, 400, "9 inputs in one request; the limit is 8"),
         ({"model": MODEL, "input": "x", "dimensions": 999}, 400, "'dimensions' must be an integer from 1 to 384"),
-        ({"model": MODEL, "input": "x", "encoding_format": "int8"}, 400, "'encoding_format' must be 'float' or 'base64'"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int4"}, 400, "'encoding_format' must be one of 'float', 'base64', 'int8'"),
+        ({"model": "minilm-copy", "input": "x", "encoding_format": "uint8"}, 400, "uint8 needs calibration ranges"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int8", "embedding_type": "binary"}, 400,
+         "embedding_type and encoding_format each name the embedding type"),
+        ({"model": MODEL, "input": "x", "embedding_types": "binary"}, 400, "'embedding_types' must be a non-empty list"),
+        ({"model": MODEL, "input": "x", "truncate": "end"}, 400, "'truncate' must be one of END, START, NONE"),
+        ({"model": MODEL, "input": "x", "normalize": "no"}, 400, "'normalize' must be true or false"),
+        ({"model": MODEL, "input": [[101, 7592, 102]]}, 400, "check_embedding_ctx_length=False"),
+        ({"model": MODEL, "input": [7592, 2088]}, 400, "'input' is a list of token ids"),
         ({"model": MODEL, "input": "x" * 5000}, 413, "the limit is 4,096"),
         (b"{not json", 400, "not valid JSON"),
         ({"model": "gpt-embedding-9", "input": "x"}, 404, "served models: minilm-copy, sentence-transformers/all-MiniLM-L6-v2"),
@@ -300,3 +308,107 @@ def test_clip_model_serves_images_and_text_in_one_space(base_url, random_clip, s
     status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": [small]})
     assert status == 400 and "CLIP" in body["error"]["message"]
     serve.delete("clip")
+
+
+# --- The API the field expects: embedding types, truncation, normalisation, /tokenize, /info ---
+
+CATALOGUE_RANGES = np.load(ROOT / "actors" / "ranges" / "all-MiniLM-L6-v2.npy")
+
+
+def test_each_embedding_type_equals_sentence_transformers_quantize_embeddings(client, base_url, sts_test):
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    texts = sts_test.first[:6]
+    floats = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=texts, encoding_format="float").data],
+                      dtype=np.float32)
+    for kind, width in (("int8", 384), ("uint8", 384), ("binary", 48), ("ubinary", 48)):
+        expected = quantize_embeddings(floats, precision=kind, ranges=CATALOGUE_RANGES)
+        # OpenAI's encoding_format, through the official client (it passes the name through).
+        got = client.embeddings.create(model=MODEL, input=texts, encoding_format=kind)
+        assert np.array_equal(np.array([d.embedding for d in got.data]), expected) and expected.shape[1] == width, kind
+        # NIM's embedding_type, as base64 of the values' bytes.
+        status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_type": kind,
+                                                               "encoding_format": "base64"})
+        packed = np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype=expected.dtype) for d in body["data"]])
+        assert status == 200 and np.array_equal(packed, expected), kind
+        # The int8 types say which ranges made them.
+        assert body.get("calibration") == ("catalogue: all-MiniLM-L6-v2.npy" if kind.endswith("int8") else None)
+    # Cohere's embedding_types: several types at once, each embedding an object by type.
+    both = client.embeddings.create(model=MODEL, input=texts, encoding_format="float",
+                                    extra_body={"embedding_types": ["float", "ubinary"]})
+    assert set(both.data[0].embedding) == {"float", "ubinary"}
+    assert np.array_equal(np.array([d.embedding["ubinary"] for d in both.data]), quantize_embeddings(floats, "ubinary"))
+    assert np.allclose(np.array([d.embedding["float"] for d in both.data]), floats, atol=0)
+
+
+def test_truncate_none_refuses_exactly_the_over_long_inputs(base_url, fp32_embedder):
+    texts = ["short", "word " * 300, "also short", "token " * 260]
+    counts = [len(tokens) for tokens in fp32_embedder.tokenizer.tokens_of(texts)]
+    status, error = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "truncate": "NONE"})
+    message = error["error"]["message"]
+    assert status == 400 and error["error"]["code"] == "input_too_long" and error["error"]["param"] == "input"
+    assert f"input[1] has {counts[1]}, input[3] has {counts[3]:,} tokens" in message and "limit of 256" in message
+    assert "input[0]" not in message and "input[2]" not in message and "truncate END or START" in message
+    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts[::2], "truncate": "NONE"})
+    assert status == 200 and len(body["data"]) == 2  # nothing over the limit: as END
+
+
+def test_truncate_start_keeps_the_end_and_end_the_start(client, fp32_embedder):
+    from actors.tokenize import Tokens
+
+    text = "opening " * 80 + " ".join(f"w{i}" for i in range(300))
+    whole = [t["id"] for t in fp32_embedder.tokenizer.tokens_of([text])[0]]
+    kept = whole[:1] + whole[len(whole) - 255:]  # [CLS], then the last 254 tokens and [SEP]
+    expected = fp32_embedder.embed_tokens(Tokens(np.array(kept, dtype=np.int32), np.array([0, 256]), np.array([True])))
+    start = client.embeddings.create(model=MODEL, input=[text], extra_body={"truncate": "START"})
+    end = client.embeddings.create(model=MODEL, input=[text], extra_body={"truncate": "END"})
+    assert np.allclose(start.data[0].embedding, expected[0], atol=1e-6)
+    assert np.allclose(end.data[0].embedding, fp32_embedder.embed([text])[0], atol=1e-6)
+    assert start.usage.prompt_tokens == 256
+
+
+def test_normalize_false_gives_the_models_vectors_before_its_normalize_module(client, reference_model, sts_test):
+    from sentence_transformers import SentenceTransformer
+
+    texts = sts_test.first[:4]
+    unnormalised = SentenceTransformer(modules=[reference_model[0], reference_model[1]], device="cpu").encode(texts)
+    raw = client.embeddings.create(model=MODEL, input=texts, extra_body={"normalize": False})
+    unit = client.embeddings.create(model=MODEL, input=texts, extra_body={"normalize": True})
+    assert np.allclose(np.array([d.embedding for d in raw.data]), unnormalised, rtol=1e-4, atol=1e-5)
+    assert np.allclose(np.linalg.norm(np.array([d.embedding for d in unit.data]), axis=1), 1, atol=1e-6)
+    # with dimensions: the first 64 values as they are, not re-normalised
+    cut = client.embeddings.create(model="minilm-copy", input=texts[:1], dimensions=64, extra_body={"normalize": False})
+    full = client.embeddings.create(model="minilm-copy", input=texts[:1], extra_body={"normalize": False})
+    assert np.allclose(cut.data[0].embedding, full.data[0].embedding[:64], atol=1e-6)
+
+
+def test_tokenize_gives_each_inputs_tokens_whole_as_tei(base_url, fp32_embedder):
+    status, body = post(f"{base_url}/open/tokenize", {"model": MODEL, "inputs": ["Hello world", "word " * 300]})
+    assert status == 200 and len(body) == 2
+    assert body[0] == [{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
+                       {"id": 7592, "text": "Hello", "special": False, "start": 0, "stop": 5},
+                       {"id": 2088, "text": "world", "special": False, "start": 6, "stop": 11},
+                       {"id": 102, "text": "[SEP]", "special": True, "start": None, "stop": None}]
+    assert len(body[1]) == 302  # the whole text, over the model's 256: /info says the limit
+    # A prompt's tokens come first, with no place in the text; without special tokens on request.
+    status, body = post(f"{base_url}/open/tokenize", {"model": "minilm-copy", "inputs": "Hello", "prompt_name": "query",
+                                                      "add_special_tokens": False})
+    assert [t["text"] for t in body[0]] == ["query", ":", "Hello"] and body[0][2]["start"] == 0
+    status, error = post(f"{base_url}/open/tokenize", {"inputs": "x"})  # two models served: which one?
+    assert status == 404 and "served models" in error["error"]["message"]
+
+
+def test_info_says_what_each_model_is_and_how_it_runs(base_url):
+    with urllib.request.urlopen(f"{base_url}/open/info", timeout=30) as response:
+        info = json.loads(response.read())
+    models = {m["name"]: m for m in info["models"]}
+    assert info["version"] and set(models) == {"sentence-transformers/all-MiniLM-L6-v2", "minilm-copy"}
+    default = models["sentence-transformers/all-MiniLM-L6-v2"]
+    assert {k: default[k] for k in ("dimensions", "max_tokens", "pooling", "normalize", "precision", "backend", "device")} \
+        == {"dimensions": 384, "max_tokens": 256, "pooling": "mean", "normalize": True, "precision": "fp32",
+            "backend": "onnx", "device": "cpu"}
+    assert default["embedding_types"] == ["float", "int8", "uint8", "binary", "ubinary"]
+    assert default["calibration"] == "catalogue: all-MiniLM-L6-v2.npy"
+    copy = models["minilm-copy"]
+    assert copy["prompts"] == {"query": "query: ", "passage": "passage: "} and copy["default_prompt_name"] == "passage"
+    assert copy["embedding_types"] == ["float", "binary", "ubinary"] and copy["calibration"] is None

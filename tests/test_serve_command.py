@@ -1,8 +1,10 @@
-"""`rayembed serve` as a supervisor runs it: stopped by a signal to its process group, two on one
-machine, and a config that cannot deploy ending the command with one message."""
+"""`rayembed serve` as users run it: the clients people call it with (the openai client, LangChain,
+LlamaIndex) getting the engine's vectors; stopped by a signal to its process group, as a supervisor
+stops it; two on one machine; and a config that cannot deploy ending the command with one message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,10 +14,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "all-MiniLM-L6-v2"
+TEXTS = ["a vector search over a corpus", "the engine's own vectors", "through the clients people use"]
 
 
 def session_processes(sid: int) -> list[int]:
@@ -81,6 +86,59 @@ class Server:
         self.process.wait(timeout=120)
 
 
+@pytest.fixture(scope="module")
+def served(unused_port, tmp_path_factory):
+    """One `rayembed serve` with the default config, for the clients and as the second of two servers."""
+    server = Server(unused_port(), tmp_path_factory.mktemp("served") / "server.log")
+    server.wait_healthy()
+    yield server
+    if server.process.poll() is None:
+        server.stop_group(signal.SIGKILL)
+
+
+def test_openai_client_sync_and_async_with_extra_body_fields(served, fp32_embedder):
+    from openai import AsyncOpenAI, OpenAI
+
+    base = f"http://127.0.0.1:{served.port}/v1"
+    client = OpenAI(base_url=base, api_key="unused", max_retries=0)
+    got = client.embeddings.create(model=MODEL, input=TEXTS)  # base64, which the client asks for and decodes
+    assert np.allclose([d.embedding for d in got.data], fp32_embedder.embed(TEXTS), atol=1e-5)
+    long = "start " * 300 + "the end of a long text"
+    fields = {"truncate": "START", "normalize": False, "embedding_type": "ubinary"}
+    packed = client.embeddings.create(model=MODEL, input=[long], encoding_format="float", extra_body=fields)
+    assert len(packed.data[0].embedding) == 48
+
+    async def concurrently() -> list:
+        async with AsyncOpenAI(base_url=base, api_key="unused", max_retries=0) as aclient:
+            return await asyncio.gather(*(aclient.embeddings.create(model=MODEL, input=text, extra_body={"input_type": "query"})
+                                          for text in TEXTS))
+
+    answers = asyncio.run(concurrently())
+    assert np.allclose([a.data[0].embedding for a in answers], fp32_embedder.embed(TEXTS, input_type="query"), atol=1e-5)
+
+
+def test_langchain_openai_embeddings_with_text_not_token_arrays(served, fp32_embedder):
+    """LangChain's OpenAIEmbeddings sends tiktoken's token ids unless check_embedding_ctx_length=False (the
+    refusal that names the setting: test_online_app); with it, the text, and gets the engine's vectors."""
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(model=MODEL, base_url=f"http://127.0.0.1:{served.port}/v1", api_key="unused",
+                                  check_embedding_ctx_length=False, max_retries=0)
+    expected = fp32_embedder.embed(TEXTS)
+    assert np.allclose(embeddings.embed_documents(TEXTS), expected, atol=1e-5)
+    assert np.allclose(embeddings.embed_query(TEXTS[0]), expected[0], atol=1e-5)
+
+
+def test_llamaindex_openai_like_embedding(served, fp32_embedder):
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    embed = OpenAILikeEmbedding(model_name=MODEL, api_base=f"http://127.0.0.1:{served.port}/v1", api_key="unused",
+                                max_retries=0)
+    expected = fp32_embedder.embed(TEXTS)
+    assert np.allclose(embed.get_text_embedding_batch(TEXTS), expected, atol=1e-5)
+    assert np.allclose(embed.get_query_embedding(TEXTS[1]), expected[1], atol=1e-5)
+
+
 @pytest.fixture
 def servers(unused_port, tmp_path):
     started: list[Server] = []
@@ -96,10 +154,9 @@ def servers(unused_port, tmp_path):
             server.stop_group(signal.SIGKILL)
 
 
-def test_two_servers_side_by_side_and_a_group_sigterm_leaves_nothing_behind(servers, fp32_embedder):
-    first, second = servers(), servers()
+def test_two_servers_side_by_side_and_a_group_sigterm_leaves_nothing_behind(servers, served, fp32_embedder):
+    first, second = servers(), served
     first.wait_healthy()
-    second.wait_healthy()
     expected = fp32_embedder.embed(["side by side"])[0]
     for server in (first, second):
         assert float(sum(a * b for a, b in zip(server.embed("side by side"), expected))) >= 0.9999
@@ -115,11 +172,9 @@ def test_two_servers_side_by_side_and_a_group_sigterm_leaves_nothing_behind(serv
     assert not any(map(listening, ports)), "a port of the stopped server still listens"
     assert second.embed("still here")  # the other server is untouched
 
-    again = servers()
-    again.wait_healthy()
+    # SIGINT, SIGTERM and SIGHUP share one handler (cluster/serving.py): a clean stop on another of them.
     second.stop_group(signal.SIGHUP)
-    again.stop_group(signal.SIGINT)
-    assert [second.process.returncode, again.process.returncode] == [0, 0]
+    assert [first.process.returncode, second.process.returncode] == [0, 0]
 
 
 def test_a_config_with_an_unknown_model_property_exits_2_naming_it(tmp_path):

@@ -86,7 +86,7 @@ def bad_request(rng: np.random.Generator, pool: list[str]) -> tuple[str, str, by
     elif kind == "dimensions":
         body, says = json.dumps({"model": MODEL, "input": texts, "dimensions": 64}).encode(), "Matryoshka"
     elif kind == "encoding":
-        body, says = json.dumps({"model": MODEL, "input": texts, "encoding_format": "int8"}).encode(), "encoding_format"
+        body, says = json.dumps({"model": MODEL, "input": texts, "encoding_format": "int4"}).encode(), "encoding_format"
     elif kind == "model":
         body, status, says = json.dumps({"model": "gpt-x", "input": texts}).encode(), 404, "not served here"
     elif kind == "not-json":
