@@ -30,7 +30,7 @@ EMBEDDING_TYPES: tuple[str, ...] = get_args(EmbeddingType)
 RANGES_FOLDER = Path(__file__).parent / "ranges"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # an array inside: compared by identity, never by value
 class Ranges:
     """Each dimension's (min, max), float32 [2, dim], and where they came from (said in /info and the job's metadata)."""
 
@@ -43,29 +43,41 @@ class Ranges:
         file of one text per line that `embed` turns into vectors), else from the catalogue entry's file,
         else none (int8 and uint8 are then refused, naming the fix)."""
         if calibration:
-            path = Path(calibration)
-            if not path.is_file():
-                raise UserError(f"calibration {calibration!r} is not a file: give a .npy of [2, dim] ranges or a text "
-                                "file of one text per line")
-            if path.suffix == ".npy":
-                return cls(_checked(np.load(path), spec, calibration), f"config: {calibration}")
-            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if len(texts) < 100:
-                raise UserError(f"calibration {calibration!r} has {len(texts)} texts: int8 ranges need at least 100 "
-                                "representative ones (a few thousand is better)")
-            vectors = embed(texts)
+            given = check_calibration(spec, calibration)
+            if isinstance(given, np.ndarray):
+                return cls(given, f"config: {calibration}")
+            vectors = embed(given)
             return cls(np.vstack((vectors.min(axis=0), vectors.max(axis=0))).astype(np.float32),
-                       f"config: {calibration} ({len(texts)} texts)")
+                       f"config: {calibration} ({len(given)} texts)")
         if spec.quantization_ranges:
             path = RANGES_FOLDER / spec.quantization_ranges
             return cls(_checked(np.load(path), spec, str(path)), f"catalogue: {spec.quantization_ranges}")
         return None
 
 
+def check_calibration(spec: ModelSpec, calibration: str) -> np.ndarray | list[str]:
+    """A calibration file's ranges (a .npy) or texts, checked; a UserError saying what a usable one is."""
+    path = Path(calibration)
+    if spec.task != "embed":
+        raise UserError(f"calibration {calibration!r} is for dense models; {spec.name} is a {spec.task} model")
+    if not path.is_file():
+        raise UserError(f"calibration {calibration!r} is not a file: give a .npy of [2, dim] ranges or a text file of "
+                        "one text per line")
+    if path.suffix == ".npy":
+        return _checked(np.load(path), spec, calibration)
+    texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 100:
+        raise UserError(f"calibration {calibration!r} has {len(texts)} texts: int8 ranges need at least 100 "
+                        "representative ones (a few thousand is better)")
+    return texts
+
+
 def _checked(values: np.ndarray, spec: ModelSpec, source: str) -> np.ndarray:
-    if values.shape != (2, spec.dimensions) or not np.all(values[0] <= values[1]):
+    if values.shape != (2, spec.dimensions):
         raise UserError(f"{source}: ranges must be a [2, {spec.dimensions}] array of (min, max) per dimension for "
                         f"{spec.name}, got shape {list(values.shape)}")
+    if not np.all(values[0] <= values[1]):
+        raise UserError(f"{source}: a minimum is above its maximum: row 0 holds the minima, row 1 the maxima")
     return values.astype(np.float32, copy=False)
 
 

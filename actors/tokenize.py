@@ -209,9 +209,8 @@ class Tokenizer:
                 ids, truncated, rows = [ids[j] for j in keep], [False] * len(keep), [rows[j] for j in keep]
                 errors.sort(key=lambda e: e.index)
             else:
-                head = self._prompt_tokens(prompt)
                 for j, encoding in zip(over, whole, strict=True):
-                    ids[j] = self._keep_end(encoding, head)
+                    ids[j] = self._keep_end(encoding, len(prompt))
         return self._tokenized(ids, truncated, rows, errors)
 
     def tokens_of(self, texts: list[str], prompt: str = "", add_special_tokens: bool = True) -> list[list[dict]]:
@@ -237,14 +236,15 @@ class Tokenizer:
         whole.no_truncation()
         return whole
 
-    def _prompt_tokens(self, prompt: str) -> int:
-        return len(self._untruncated.encode(prompt, add_special_tokens=False).ids) if prompt else 0
-
-    def _keep_end(self, encoding, prompt_tokens: int) -> list[int]:
-        """An over-long row cut from its start: its leading special tokens and prompt, then as many of
-        its last tokens (the trailing special tokens among them) as the model takes."""
+    def _keep_end(self, encoding, prompt_chars: int) -> list[int]:
+        """An over-long row cut from its start: its leading special tokens and the tokens of its prompt
+        (the first `prompt_chars` characters, counted in this encoding: a prompt's last token may join
+        the text's first), then as many of its last tokens (the trailing special tokens among them) as
+        the model takes. A prompt keeps at most half the model's tokens: it never crowds the text out."""
         lead = next((k for k, special in enumerate(encoding.special_tokens_mask) if not special), 0)
-        head = min(lead + prompt_tokens, self.spec.max_tokens // 2)  # a prompt never crowds the text out
+        prompt_tokens = sum(1 for (_, stop), special in zip(encoding.offsets[lead:], encoding.special_tokens_mask[lead:])
+                            if not special and 0 < stop <= prompt_chars)
+        head = min(lead + prompt_tokens, self.spec.max_tokens // 2)
         return encoding.ids[:head] + encoding.ids[len(encoding.ids) - (self.spec.max_tokens - head):]
 
     @staticmethod
@@ -274,10 +274,17 @@ def check_text(value: object) -> tuple[str, str]:
     return value, ""
 
 
-def _encodable(text: str, index: int, errors: list[RowError]) -> bool:
+def unencodable(text: str) -> str:
+    """Why the tokenizer cannot take `text` (a lone surrogate from a lossy decode), or ""."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        errors.append(RowError(index, f"undecodable: invalid Unicode ({e.reason} at character {e.start})"))
-        return False
-    return True
+        return f"undecodable: invalid Unicode ({e.reason} at character {e.start})"
+    return ""
+
+
+def _encodable(text: str, index: int, errors: list[RowError]) -> bool:
+    reason = unencodable(text)
+    if reason:
+        errors.append(RowError(index, reason))
+    return not reason

@@ -1,7 +1,8 @@
 """Online speed by embedding type: one `rayembed serve`, the same load with float, base64 and binary
-answers, rounds interleaved so that the machine's noise falls on all of them alike.
+answers, in rounds that each start with the next type, so that the machine's noise and any drift
+of the server fall on all of them alike.
 
-    python bench/embedding_types.py [--seconds 6] [--rounds 3] [--out bench/results/embedding_types.json]
+    python bench/embedding_types.py [--seconds 6] [--rounds 4] [--out bench/results/embedding_types.json]
 
 Levels: one sentence per request at 16 clients (the answer is a small part of the work) and 64
 sentences per request at 4 clients (writing 64 vectors is a large part). Each type's figure is the
@@ -35,7 +36,7 @@ TYPES = {"float": {"encoding_format": "float"}, "base64": {"encoding_format": "b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=6)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "embedding_types.json"))
     args = parser.parse_args()
 
@@ -66,9 +67,11 @@ def main() -> None:
         for clients, per_request in LEVELS:
             level = f"{per_request}/req c={clients}"
             runs[level] = {name: [] for name in TYPES}
-            for _ in range(args.rounds):
-                for name, fields in TYPES.items():
-                    runs[level][name].append(asyncio.run(closed_loop(url, sentences, clients, per_request, args.seconds, fields)))
+            names = list(TYPES)
+            for k in range(args.rounds):
+                for name in names[k % len(names):] + names[: k % len(names)]:  # each round starts with the next type
+                    runs[level][name].append(asyncio.run(closed_loop(url, sentences, clients, per_request, args.seconds,
+                                                                     TYPES[name])))
     finally:
         process.terminate()
         process.wait(timeout=120)

@@ -6,7 +6,6 @@ being served with a default.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -94,10 +93,13 @@ def check_app_args(args: dict | None) -> AppConfig:
         spec = CATALOG.resolve(served.model)
         if spec.task != "bm25":  # BM25 has no files
             check_location(spec)
-        if served.calibration is not None and (spec.task != "embed" or not Path(served.calibration).is_file()):
-            raise UserError(f"the app's args: model {spec.name!r}: calibration {served.calibration!r} "
-                            + ("is not a file: give a .npy of [2, dim] ranges or a text file of one text per line"
-                               if spec.task == "embed" else f"is for dense models; {spec.name} is a {spec.task} model"))
+        if served.calibration is not None:
+            from actors.quantize import check_calibration
+
+            try:
+                check_calibration(spec, served.calibration)
+            except UserError as e:
+                raise UserError(f"the app's args: model {spec.name!r}: {e}") from None
     return config
 
 

@@ -41,7 +41,7 @@ from cluster.autoscaling import serve_autoscaling_config
 from cluster.resources import this_worker
 from serve_apps import tracing
 from serve_apps.bodies import read_body
-from serve_apps.config import AppConfig, check_app_args
+from serve_apps.config import AppConfig, ServedModel, check_app_args
 from serve_apps.images import ImageReader, ImageReadTimeout, ImageRefused, ImageTooLarge, image_pixels
 from serve_apps.protocol import (
     EmbeddingsRequest,
@@ -66,7 +66,10 @@ BIG_BODY_BYTES = 1 << 20
 BIG_RESPONSE_FLOATS = 1 << 16
 
 Refusal = tuple[int, RequestError]  # an input that cannot be embedded: its place in the request, and the 4xx
-_VERSION = importlib.metadata.version("rayembed")
+try:
+    _VERSION = importlib.metadata.version("rayembed")
+except importlib.metadata.PackageNotFoundError:  # run from the repository as Ray's working_dir, not installed
+    _VERSION = "unknown (not installed)"
 
 
 @api.exception_handler(RequestError)
@@ -106,6 +109,7 @@ class _Model:
     queues: ModelQueues | None = None
     bm25: BM25 | None = None
     ranges: Ranges | None = None  # int8/uint8 calibration (dense models only)
+    served: ServedModel | None = None  # how the config serves it
 
 
 # Defined above the deployment: serve.ingress pickles the class where it is declared, with the
@@ -118,10 +122,10 @@ def _model_entry(spec: ModelSpec) -> dict:
             "takes_images": spec.is_clip}
 
 
-def _model_info(model: _Model, served) -> dict:
+def _model_info(model: _Model) -> dict:
     spec, embedder = model.spec, model.embedder
     engine = {"precision": embedder.precision, "backend": embedder.backend, "device": str(embedder.device),
-              "max_batch_tokens": served.queue_batch_tokens} if embedder is not None else \
+              "max_batch_tokens": model.served.queue_batch_tokens} if embedder is not None else \
         {"precision": None, "backend": "builtin", "device": "cpu", "max_batch_tokens": None}
     dense = spec.task == "embed"
     types = [t for t in EMBEDDING_TYPES if not t.endswith("int8") or model.ranges is not None] if dense else ["float"]
@@ -167,14 +171,14 @@ class EmbeddingsAPI:
         for served in self.config.models:
             spec = CATALOG.resolve(served.model)
             if spec.task == "bm25":  # term weights on the tokenizer's threads: no engine
-                model = _Model(spec, TokenizeQueue(None, self.config.tokenizer_threads), bm25=BM25())
+                model = _Model(spec, TokenizeQueue(None, self.config.tokenizer_threads), bm25=BM25(), served=served)
             else:
                 embedder = Embedder(spec, backend=served.backend, precision=served.precision, device=worker.device,
                                     threads=self.config.threads or worker.threads)
                 embedder.warmup()
                 ranges = Ranges.load(spec, served.calibration, embedder.embed) if spec.task == "embed" else None
                 model = _Model(spec, TokenizeQueue(embedder, self.config.tokenizer_threads), embedder,
-                               model_queues(embedder, served, batch_metrics), ranges=ranges)
+                               model_queues(embedder, served, batch_metrics), ranges=ranges, served=served)
             self.models[spec.name] = model
             card = ModelCard(spec, model.ranges)
             for alias in (spec.name, *spec.aliases):
@@ -203,8 +207,7 @@ class EmbeddingsAPI:
     async def info(self, request: Request) -> dict:
         """What each served model is and how it runs here (TEI's /info, for every model the app serves)."""
         self._authorise(request)
-        return {"version": _VERSION, "models": [_model_info(self.models[name], served) for name, served in
-                                                 sorted(zip(self.models, self.config.models))]}
+        return {"version": _VERSION, "models": [_model_info(self.models[name]) for name in sorted(self.models)]}
 
     @api.post("/tokenize")
     async def tokenize(self, request: Request) -> Response:

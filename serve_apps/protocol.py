@@ -18,7 +18,7 @@ import orjson
 from actors.errors import UserError
 from actors.quantize import EMBEDDING_TYPES, EmbeddingType, Ranges, check_type, quantize
 from actors.spec import ModelSpec
-from actors.tokenize import TRUNCATES, Truncate
+from actors.tokenize import MAX_CHARS, TRUNCATES, Truncate, unencodable
 from serve_apps.images import names_image
 
 # How an embedding is written: JSON numbers, or base64 of its bytes (float32 little-endian, int8, uint8).
@@ -97,14 +97,23 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs
     model = model_card(payload.get("model", ""), models)
     items = _items(payload.get("input"), max_inputs)
     encoding, types, by_type = _types(payload, model)
+    dimensions, normalize = _dimensions(payload.get("dimensions"), model), _normalize(payload.get("normalize"), model)
+    if any(t.endswith("int8") for t in types) and (dimensions not in (None, model.dimensions)
+                                                    or normalize not in (None, model.spec.normalize)):
+        # Calibration ranges are those of the model's own full vectors: a cut and re-normalised or an
+        # unnormalised vector lies on another scale, and most of its values would clip.
+        raise RequestError(400, f"int8 and uint8 use {model.name}'s calibration ranges, which are those of its full "
+                                f"{'unit-length ' if model.spec.normalize else ''}vectors: leave dimensions and normalize "
+                                "out, or ask for binary (signs need no ranges)",
+                           param="dimensions" if dimensions not in (None, model.dimensions) else "normalize")
     return EmbeddingsRequest(
         model=model,
         items=[_item(i, item, model, image_roots) for i, item in enumerate(items)],
         encoding=encoding,
         types=types,
         by_type=by_type,
-        dimensions=_dimensions(payload.get("dimensions"), model),
-        normalize=_normalize(payload.get("normalize"), model),
+        dimensions=dimensions,
+        normalize=normalize,
         truncate=truncate_of(payload.get("truncate", "END"), model),
         prompt=_prompt(payload.get("input_type"), payload.get("prompt_name"), model),
         input_type=payload.get("input_type"),
@@ -199,6 +208,13 @@ def _types(payload: dict, model: ModelCard) -> tuple[Encoding, tuple[EmbeddingTy
     if model.spec.task != "embed" and set(types) != {"float"}:
         raise RequestError(400, f"{model.name} is a {model.spec.task} model: embedding types quantise dense vectors only",
                            param=param)
+    if fmt == "base64" and not by_type and types != ["float"]:
+        # The openai client asks for base64 when encoding_format is left out, and reads every base64
+        # embedding as float32: int8 or bits there would be read as wrong floats, silently.
+        raise RequestError(400, f"encoding_format base64 with {param} {types[0]}: the openai client asks for base64 by "
+                                "default and reads it as float32; send encoding_format "
+                                f"'{types[0]}' (JSON integers), or embedding_types: ['{types[0]}'] for base64 of its bytes",
+                           param="encoding_format")
     return ("base64" if fmt == "base64" else "float"), tuple(dict.fromkeys(types)), by_type
 
 
@@ -299,6 +315,10 @@ def parse_tokenize(body: bytes, models: Mapping[str, ModelCard], *, max_inputs: 
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise RequestError(400, f"inputs[{i}] is not a string: send text", param="inputs")
+        reason = f"{len(text):,} characters, over the {MAX_CHARS:,} a text may have" if len(text) > MAX_CHARS else \
+            unencodable(text)
+        if reason:
+            raise RequestError(400, f"inputs[{i}] cannot be tokenised: {reason}", param="inputs")
     add_special_tokens = payload.get("add_special_tokens", True)
     if not isinstance(add_special_tokens, bool):
         raise RequestError(400, "'add_special_tokens' must be true or false", param="add_special_tokens")

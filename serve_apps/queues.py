@@ -171,7 +171,11 @@ def batch_queue(
     async def submit(inputs: Inputs, finish: Finish) -> np.ndarray:
         if size(inputs) > max_size:  # serve.batch refuses an item larger than a batch: it is a call of its own
             return shape(await run(inputs), finish)
-        vectors = await joined(_Job(inputs, finish, tracing.queued(len(inputs))))
+        waiting = tracing.queued(len(inputs))
+        try:
+            vectors = await joined(_Job(inputs, finish, waiting))
+        finally:
+            tracing.left(waiting)  # a request cancelled while it waited never reaches a batch, which ends it
         if isinstance(vectors, Exception):
             raise vectors
         return vectors

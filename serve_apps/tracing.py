@@ -147,6 +147,12 @@ def queued(inputs: int) -> RequestSpan | None:
     return RequestSpan(span, request_id)
 
 
+def left(waiting: RequestSpan | None) -> None:
+    """A request's queue span ended, if its batch did not end it (the request was cancelled first)."""
+    if waiting is not None and getattr(waiting.span, "end_time", 0) is None:
+        waiting.span.end()
+
+
 def batch(waiting: Iterable[RequestSpan | None], inputs: int):
     """`with batch(...)`: one joined engine call's rayembed.batch span, the root of its own trace, linked
     to each request's queue span, which it ends."""

@@ -145,3 +145,7 @@ def test_truncate_start_and_none(fp32_embedder):
     assert end.tokens.ids[row].tolist() == whole[:255] + whole[-1:]
     assert refused.rows.tolist() == [0, 2] and [(e.index, e.tokens) for e in refused.errors] == [(1, len(whole))]
     assert f"too long: {len(whole):,} tokens" in refused.errors[0].reason
+    # With a prompt, START keeps it: [CLS], the prompt's tokens, then the text's last tokens.
+    prompted = fp32_embedder.tokenizer.encode([long], "query: ", truncate="START").tokens.ids.tolist()
+    prompt = [t["id"] for t in fp32_embedder.tokenizer.tokens_of(["query:"], add_special_tokens=False)[0]]
+    assert len(prompt) == 2 and prompted == whole[:1] + prompt + whole[-253:]

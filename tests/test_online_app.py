@@ -154,6 +154,13 @@ def test_truncation_is_reported_in_usage(base_url):
         ({"model": MODEL, "input": "x", "encoding_format": "int8", "embedding_type": "binary"}, 400,
          "embedding_type and encoding_format each name the embedding type"),
         ({"model": MODEL, "input": "x", "embedding_types": "binary"}, 400, "'embedding_types' must be a non-empty list"),
+        # What the openai client sends for extra_body={"embedding_type": ...} without encoding_format: it would
+        # read the base64 of int8 bytes as float32.
+        ({"model": MODEL, "input": "x", "embedding_type": "int8", "encoding_format": "base64"}, 400,
+         "send encoding_format 'int8'"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int8", "normalize": False}, 400,
+         "int8 and uint8 use sentence-transformers/all-MiniLM-L6-v2's calibration ranges"),
+        ({"model": "minilm-copy", "input": "x", "encoding_format": "binary", "dimensions": 64}, 200, ""),
         ({"model": MODEL, "input": "x", "truncate": "end"}, 400, "'truncate' must be one of END, START, NONE"),
         ({"model": MODEL, "input": "x", "normalize": "no"}, 400, "'normalize' must be true or false"),
         ({"model": MODEL, "input": [[101, 7592, 102]]}, 400, "check_embedding_ctx_length=False"),
@@ -166,7 +173,7 @@ def test_truncation_is_reported_in_usage(base_url):
 def test_bad_requests_get_a_4xx_that_says_what_to_fix(base_url, body, status, says):
     got, error = post(f"{base_url}/open/v1/embeddings", body)
     assert got == status
-    assert says in error["error"]["message"]
+    assert says in (error["error"]["message"] if status >= 400 else "")
 
 
 def test_unknown_model_through_the_client_is_a_404(client):
@@ -326,10 +333,13 @@ def test_each_embedding_type_equals_sentence_transformers_quantize_embeddings(cl
         # OpenAI's encoding_format, through the official client (it passes the name through).
         got = client.embeddings.create(model=MODEL, input=texts, encoding_format=kind)
         assert np.array_equal(np.array([d.embedding for d in got.data]), expected) and expected.shape[1] == width, kind
-        # NIM's embedding_type, as base64 of the values' bytes.
-        status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_type": kind,
+        # NIM's embedding_type, as JSON integers.
+        status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_type": kind})
+        assert status == 200 and np.array_equal(np.array([d["embedding"] for d in body["data"]]), expected), kind
+        # Cohere's embedding_types with base64: each type's bytes.
+        status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_types": [kind],
                                                                "encoding_format": "base64"})
-        packed = np.array([np.frombuffer(base64.b64decode(d["embedding"]), dtype=expected.dtype) for d in body["data"]])
+        packed = np.array([np.frombuffer(base64.b64decode(d["embedding"][kind]), dtype=expected.dtype) for d in body["data"]])
         assert status == 200 and np.array_equal(packed, expected), kind
         # The int8 types say which ranges made them.
         assert body.get("calibration") == ("catalogue: all-MiniLM-L6-v2.npy" if kind.endswith("int8") else None)
@@ -396,6 +406,8 @@ def test_tokenize_gives_each_inputs_tokens_whole_as_tei(base_url, fp32_embedder)
     assert [t["text"] for t in body[0]] == ["query", ":", "Hello"] and body[0][2]["start"] == 0
     status, error = post(f"{base_url}/open/tokenize", {"inputs": "x"})  # two models served: which one?
     assert status == 404 and "served models" in error["error"]["message"]
+    status, error = post(f"{base_url}/open/tokenize", b'{"model": "%s", "inputs": ["ok", "x\\ud800"]}' % MODEL.encode())
+    assert status == 400 and "inputs[1] cannot be tokenised: undecodable" in error["error"]["message"]
 
 
 def test_info_says_what_each_model_is_and_how_it_runs(base_url):
