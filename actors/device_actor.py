@@ -49,7 +49,10 @@ class EmbedActor:
         self.embedder = Embedder(spec, backend=backend, precision=precision, device=worker.device, threads=worker.threads,
                                  device_batch_tokens=device_batch_tokens)
         self.embedder.warmup()
-        self.stats_actor = ray.get_actor(stats_actor) if stats_actor else None
+        try:
+            self.stats_actor = ray.get_actor(stats_actor) if stats_actor else None
+        except ValueError:  # the job ended (its collector with it) while this actor was still starting
+            self.stats_actor = None
         self.actor_id = ray.get_runtime_context().get_actor_id()
         self.node = ray.get_runtime_context().get_node_id()
         log.info("embed actor %s ready on %s (Ray GPUs %s, %s)", self.actor_id, self.embedder.device, self.gpu_ids,
