@@ -81,5 +81,11 @@ def test_both_backends_give_one_vector(torch_fp32, fp32_embedder, sentences):
 
 @pytest.mark.parametrize(("backend", "precision"), [("torch", "bf16"), ("onnx", "fp16")])
 def test_stsb_spearman_half_precisions_reproduce_published(backend, precision, sts_test):
+    from actors.devices import has_bf16_matmul
+
+    if precision == "bf16" and not has_bf16_matmul():
+        # 70 s of CI on such a CPU, for a precision `auto` never picks there (actors/devices.py); the
+        # bf16 path's vectors are still checked against sentence-transformers above, on every CPU.
+        pytest.skip("bf16 is emulated on this CPU (no AMX or avx512_bf16): STS-B in bf16 runs where it is native")
     half = Embedder("all-MiniLM-L6-v2", backend=backend, precision=precision, device="cpu")
     assert abs(stsb_spearman(half, sts_test) - PUBLISHED_STSB) <= 0.1
