@@ -16,21 +16,18 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from online import closed_loop, free_port  # noqa: E402
+from online import Server, closed_loop, free_port, serving  # noqa: E402
 
 LEVELS = [(16, 1), (4, 64)]  # (clients, inputs per request)
 TYPES = {"float": {"encoding_format": "float"}, "base64": {"encoding_format": "base64"},
-         "binary": {"encoding_format": "binary"}, "ubinary base64": {"embedding_type": "ubinary", "encoding_format": "base64"}}
+         "binary": {"encoding_format": "binary"}, "ubinary base64": {"embedding_types": ["ubinary"], "encoding_format": "base64"}}
 
 
 def main() -> None:
@@ -48,20 +45,8 @@ def main() -> None:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"})
     print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs; flags: {', '.join(flags) or 'none of note'}")
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "rayembed", "serve", "--port", str(port)], cwd=ROOT,
-                               env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise SystemExit("rayembed serve did not come up") from None
-                time.sleep(1)
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
+    server = Server("rayembed serve", [sys.executable, "-m", "rayembed", "serve", "--port", str(port)], "/healthz")
+    with serving(server, port) as url:
         asyncio.run(closed_loop(url, sentences, 4, 8, 3))  # warm up
         runs: dict[str, dict[str, list[dict]]] = {}
         for clients, per_request in LEVELS:
@@ -72,10 +57,11 @@ def main() -> None:
                 for name in names[k % len(names):] + names[: k % len(names)]:  # each round starts with the next type
                     runs[level][name].append(asyncio.run(closed_loop(url, sentences, clients, per_request, args.seconds,
                                                                      TYPES[name])))
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
 
+    failed = [f"{level} {name}" for level, by_type in runs.items() for name, rounds in by_type.items()
+              if any(r["errors"] for r in rounds)]
+    if failed:  # a refused body would be measured as a fast error, not as the type
+        raise SystemExit(f"requests failed for {', '.join(failed)}")
     results = {}
     print(f"{'level':>14} {'type':>16} {'inputs/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs float':>9} {'errors':>7}")
     for level, by_type in runs.items():

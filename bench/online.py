@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +121,9 @@ def infinity_torch_server(venv: Path, port: int) -> Server:
                    "--port", str(port)], "/health")
 
 
-def measure(server: Server, port: int, sentences: list[str], seconds: float) -> list[dict]:
+@contextmanager
+def serving(server: Server, port: int):
+    """The server started and loaded, as its `/v1/embeddings` URL; stopped on leaving."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     process = subprocess.Popen(server.command, cwd=server.cwd, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
@@ -134,12 +137,16 @@ def measure(server: Server, port: int, sentences: list[str], seconds: float) -> 
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise SystemExit(f"{server.name} did not come up") from None
                 time.sleep(1)
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
-        asyncio.run(closed_loop(url, sentences, 4, 1, 3))  # warm up
-        return [asyncio.run(closed_loop(url, sentences, c, k, seconds)) for c, k in LEVELS]
+        yield f"http://127.0.0.1:{port}/v1/embeddings"
     finally:
         process.terminate()  # SIGTERM: `serve run` cleans up its Ray on it
         process.wait(timeout=120)
+
+
+def measure(server: Server, port: int, sentences: list[str], seconds: float) -> list[dict]:
+    with serving(server, port) as url:
+        asyncio.run(closed_loop(url, sentences, 4, 1, 3))  # warm up
+        return [asyncio.run(closed_loop(url, sentences, c, k, seconds)) for c, k in LEVELS]
 
 
 def main() -> None:
