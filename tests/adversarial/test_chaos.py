@@ -59,18 +59,18 @@ def _victims(kind: str, dashboard: str) -> list[int]:
     return [t.worker_pid for t in tasks if kind in (t.name or "") and t.worker_pid]
 
 
-def _kill_at_random(out, dashboard: str, stop: threading.Event, log: list) -> None:
-    """Kill a device actor or a read task at random moments while parts are being written."""
-    rng = random.Random(SEED)
-    plan = [kind for kind, n in KILLS.items() for _ in range(n)]
-    rng.shuffle(plan)
-    for kind in plan:
-        # Wait a random while (after the first parts are staged), then kill the first victim found.
-        while not stop.is_set() and not (out.exists() and OutputFolder(str(out)).parts(staged=True)):
+def _kill_at_random(kind: str, times: int, ready, dashboard: str, stop: threading.Event, log: list) -> None:
+    """Kill `times` workers of one kind at random moments, each once `ready()` holds and a victim runs.
+
+    One thread per kind: read tasks run early and briefly, device actors to the end, so a kind that has
+    nothing to kill now must not hold up the other.
+    """
+    rng = random.Random(f"{SEED}-{kind}")
+    for _ in range(times):
+        while not stop.is_set() and not ready():
             time.sleep(0.05)
-        stop.wait(rng.uniform(0.2, 2.0))
-        deadline = time.monotonic() + 20
-        while not stop.is_set() and time.monotonic() < deadline:
+        stop.wait(rng.uniform(0.2, 1.5))
+        while not stop.is_set():
             pids = _victims(kind, dashboard)
             if pids:
                 pid = rng.choice(pids)
@@ -99,13 +99,20 @@ def test_chaos_random_tiny_bert_every_id_exactly_once_with_undisturbed_vectors(r
     pq.write_table(pa.table({"id": list(half), "text": list(half.values())}), tmp_path / "in" / "b.parquet", row_group_size=2000)
     out = tmp_path / "out"
     stop, killed, result = threading.Event(), [], []
-    killer = threading.Thread(target=_kill_at_random, args=(out, ray_cluster, stop, killed), daemon=True)
-    killer.start()
+    # Read tasks die from the start (they are done before the last part is embedded); device actors
+    # once parts are being written, so a part dies half-staged.
+    staged = lambda: out.exists() and bool(OutputFolder(str(out)).parts(staged=True))  # noqa: E731
+    ready = {"read_and_tokenize": lambda: True, "EmbedActor": staged}
+    killers = [threading.Thread(target=_kill_at_random, args=(kind, n, ready[kind], ray_cluster, stop, killed), daemon=True)
+               for kind, n in KILLS.items()]
+    for killer in killers:
+        killer.start()
     result.append(embed_corpus([str(tmp_path / "in"), str(out), "--model", str(random_tiny_bert), "--precision", "fp32",
                                 "--backend", "onnx", "--gpus-per-actor", "0", "--cpus-per-actor", "1", "--min-actors", "2",
                                 "--max-actors", "2", "--rows-per-part", "500", "--read-bytes", str(256 * 1024)]))
     stop.set()
-    killer.join(timeout=30)
+    for killer in killers:
+        killer.join(timeout=30)
     assert result == [0]
     print("killed:", killed)
     assert len(killed) >= 4 and {kind for kind, _ in killed} == set(KILLS), f"only {killed} were killed: too few to test"
