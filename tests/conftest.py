@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import importlib.resources
 import io
+import json
 import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +143,17 @@ def ray_cluster(s3_server, model_cache):
              dashboard_host="127.0.0.1", dashboard_port=port)
     yield f"http://127.0.0.1:{port}"
     ray.shutdown()
+
+
+def post_json(url: str, body: bytes | dict, headers: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
+    """POST JSON (or raw bytes, to send what no client would) and read the JSON answer, errors included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 # CLIP: no pretrained weights can be had here; these build a random-weight model and real images.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import post_json
 from openai import AuthenticationError, NotFoundError, OpenAI
 
 from jobs.embed_corpus import main as embed_corpus
@@ -48,16 +49,6 @@ def base_url(ray_cluster, unused_port):
 @pytest.fixture(scope="module")
 def client(base_url) -> OpenAI:
     return OpenAI(base_url=f"{base_url}/open/v1", api_key="unused", max_retries=0)
-
-
-def post(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_openai_client_gets_float_and_base64_vectors(client, fp32_embedder, sts_test):
@@ -117,7 +108,7 @@ def test_models_list_says_how_to_call_each(base_url):
 
 
 def test_base64_is_little_endian_float32(base_url, fp32_embedder):
-    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": "raw", "encoding_format": "base64"})
+    status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": "raw", "encoding_format": "base64"})
     assert status == 200
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     assert np.allclose(vector, fp32_embedder.embed(["raw"])[0], atol=1e-6)
@@ -137,7 +128,7 @@ def test_served_vectors_equal_the_offline_jobs(client, ray_cluster, tmp_path, st
 
 
 def test_truncation_is_reported_in_usage(base_url):
-    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": ["word " * 600]})
+    status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": ["word " * 600]})
     assert status == 200 and body["usage"]["truncated_inputs"] == 1 and body["usage"]["prompt_tokens"] == 256
 
 
@@ -171,7 +162,7 @@ def test_truncation_is_reported_in_usage(base_url):
     ],
 )
 def test_bad_requests_get_a_4xx_that_says_what_to_fix(base_url, body, status, says):
-    got, error = post(f"{base_url}/open/v1/embeddings", body)
+    got, error = post_json(f"{base_url}/open/v1/embeddings", body)
     assert got == status
     assert says in (error["error"]["message"] if status >= 400 else "")
 
@@ -186,7 +177,7 @@ def test_api_key_when_set(base_url):
     assert len(secured.embeddings.create(model=MODEL, input="let me in").data) == 1
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=f"{base_url}/secured/v1", api_key="wrong", max_retries=0).embeddings.create(model=MODEL, input="x")
-    status, error = post(f"{base_url}/secured/v1/embeddings", {"model": MODEL, "input": "x"})
+    status, error = post_json(f"{base_url}/secured/v1/embeddings", {"model": MODEL, "input": "x"})
     assert status == 401 and "Authorization: Bearer" in error["error"]["message"]
 
 
@@ -248,7 +239,7 @@ def test_overload_is_answered_with_503_and_retry_after_then_serves_again(base_ur
     codes = [code for code, _ in results]
     assert 200 in codes and 503 in codes, codes
     assert all(retry == "1" for code, retry in results if code == 503)
-    assert post(url, {"model": MODEL, "input": "after the storm"})[0] == 200
+    assert post_json(url, {"model": MODEL, "input": "after the storm"})[0] == 200
     serve.delete("tight")
 
 
@@ -262,14 +253,14 @@ def test_a_killed_replica_is_replaced(base_url):
     serve.run(EmbeddingsAPI.options(ray_actor_options={"num_cpus": 0}).bind({"models": [{"model": MODEL, "precision": "fp32"}]}),
               name="fragile", route_prefix="/fragile")
     url = f"{base_url}/fragile/v1/embeddings"
-    assert post(url, {"model": MODEL, "input": "before"})[0] == 200
+    assert post_json(url, {"model": MODEL, "input": "before"})[0] == 200
     replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")], timeout=10) if "fragile" in (a.name or "")]
     assert len(replicas) == 1
     ray.kill(ray.get_actor(replicas[0].name, namespace="serve"), no_restart=True)
     deadline, status = time.monotonic() + 120, 0
     while time.monotonic() < deadline:
         try:  # until the new replica is up, HAProxy may answer 503 with a page of its own, or close
-            status = post(url, {"model": MODEL, "input": "after"})[0]
+            status = post_json(url, {"model": MODEL, "input": "after"})[0]
         except (OSError, http.client.HTTPException, ValueError):
             status = 0
         if status == 200:
@@ -304,15 +295,15 @@ def test_clip_model_serves_images_and_text_in_one_space(base_url, random_clip, s
 
     url = f"{base_url}/clip/v1/embeddings"
     item = {"type": "image_url", "image_url": {"url": data_url}}
-    assert post(url, {"model": "random-clip", "input": [item]})[0] == 200
-    status, body = post(url, {"model": "random-clip", "input": [{"type": "image_url", "image_url": {"url": str(outside)}}]})
+    assert post_json(url, {"model": "random-clip", "input": [item]})[0] == 200
+    status, body = post_json(url, {"model": "random-clip", "input": [{"type": "image_url", "image_url": {"url": str(outside)}}]})
     assert status == 403 and "image_roots" not in body["error"]["message"] and str(served) in body["error"]["message"]
     traversal = str(served / ".." / "private.png")
-    assert post(url, {"model": "random-clip", "input": [{"type": "image_url", "image_url": {"url": traversal}}]})[0] == 403
-    status, body = post(url, {"model": "random-clip", "input": ["data:image/png;base64," + base64.b64encode(b"junk").decode()]})
+    assert post_json(url, {"model": "random-clip", "input": [{"type": "image_url", "image_url": {"url": traversal}}]})[0] == 403
+    status, body = post_json(url, {"model": "random-clip", "input": ["data:image/png;base64," + base64.b64encode(b"junk").decode()]})
     assert status == 400 and "cannot decode" in body["error"]["message"]
     small = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": [small]})
+    status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": [small]})
     assert status == 400 and "CLIP" in body["error"]["message"]
     serve.delete("clip")
 
@@ -334,10 +325,10 @@ def test_each_embedding_type_equals_sentence_transformers_quantize_embeddings(cl
         got = client.embeddings.create(model=MODEL, input=texts, encoding_format=kind)
         assert np.array_equal(np.array([d.embedding for d in got.data]), expected) and expected.shape[1] == width, kind
         # NIM's embedding_type, as JSON integers.
-        status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_type": kind})
+        status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_type": kind})
         assert status == 200 and np.array_equal(np.array([d["embedding"] for d in body["data"]]), expected), kind
         # Cohere's embedding_types with base64: each type's bytes.
-        status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_types": [kind],
+        status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "embedding_types": [kind],
                                                                "encoding_format": "base64"})
         packed = np.array([np.frombuffer(base64.b64decode(d["embedding"][kind]), dtype=expected.dtype) for d in body["data"]])
         assert status == 200 and np.array_equal(packed, expected), kind
@@ -354,12 +345,12 @@ def test_each_embedding_type_equals_sentence_transformers_quantize_embeddings(cl
 def test_truncate_none_refuses_exactly_the_over_long_inputs(base_url, fp32_embedder):
     texts = ["short", "word " * 300, "also short", "token " * 260]
     counts = [len(tokens) for tokens in fp32_embedder.tokenizer.tokens_of(texts)]
-    status, error = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "truncate": "NONE"})
+    status, error = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts, "truncate": "NONE"})
     message = error["error"]["message"]
     assert status == 400 and error["error"]["code"] == "input_too_long" and error["error"]["param"] == "input"
     assert f"input[1] has {counts[1]}, input[3] has {counts[3]:,} tokens" in message and "limit of 256" in message
     assert "input[0]" not in message and "input[2]" not in message and "truncate END or START" in message
-    status, body = post(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts[::2], "truncate": "NONE"})
+    status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": texts[::2], "truncate": "NONE"})
     assert status == 200 and len(body["data"]) == 2  # nothing over the limit: as END
 
 
@@ -393,7 +384,7 @@ def test_normalize_false_gives_the_models_vectors_before_its_normalize_module(cl
 
 
 def test_tokenize_gives_each_inputs_tokens_whole_as_tei(base_url, fp32_embedder):
-    status, body = post(f"{base_url}/open/tokenize", {"model": MODEL, "inputs": ["Hello world", "word " * 300]})
+    status, body = post_json(f"{base_url}/open/tokenize", {"model": MODEL, "inputs": ["Hello world", "word " * 300]})
     assert status == 200 and len(body) == 2
     assert body[0] == [{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
                        {"id": 7592, "text": "Hello", "special": False, "start": 0, "stop": 5},
@@ -401,12 +392,12 @@ def test_tokenize_gives_each_inputs_tokens_whole_as_tei(base_url, fp32_embedder)
                        {"id": 102, "text": "[SEP]", "special": True, "start": None, "stop": None}]
     assert len(body[1]) == 302  # the whole text, over the model's 256: /info says the limit
     # A prompt's tokens come first, with no place in the text; without special tokens on request.
-    status, body = post(f"{base_url}/open/tokenize", {"model": "minilm-copy", "inputs": "Hello", "prompt_name": "query",
+    status, body = post_json(f"{base_url}/open/tokenize", {"model": "minilm-copy", "inputs": "Hello", "prompt_name": "query",
                                                       "add_special_tokens": False})
     assert [t["text"] for t in body[0]] == ["query", ":", "Hello"] and body[0][2]["start"] == 0
-    status, error = post(f"{base_url}/open/tokenize", {"inputs": "x"})  # two models served: which one?
+    status, error = post_json(f"{base_url}/open/tokenize", {"inputs": "x"})  # two models served: which one?
     assert status == 404 and "served models" in error["error"]["message"]
-    status, error = post(f"{base_url}/open/tokenize", b'{"model": "%s", "inputs": ["ok", "x\\ud800"]}' % MODEL.encode())
+    status, error = post_json(f"{base_url}/open/tokenize", b'{"model": "%s", "inputs": ["ok", "x\\ud800"]}' % MODEL.encode())
     assert status == 400 and "inputs[1] cannot be tokenised: undecodable" in error["error"]["message"]
 
 

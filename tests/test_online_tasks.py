@@ -3,12 +3,9 @@ as Cohere, Jina, vLLM and infinity share it, and sparse vectors from `/v1/embedd
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import numpy as np
 import pytest
+from conftest import post_json
 from openai import OpenAI
 
 from serve_apps.openai_api import build_app
@@ -30,19 +27,10 @@ def tasks_url(ray_cluster, unused_port, splade_folder, random_cross_encoder):
     serve.shutdown()
 
 
-def post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_rerank_scores_equal_cross_encoder_predict_sorted_with_top_n(tasks_url, random_cross_encoder, sts_test):
     _, reference = random_cross_encoder
     query, documents = sts_test.first[0], sts_test.second[:40]
-    status, body = post(f"{tasks_url}/v1/rerank", {"model": RERANKER, "query": query, "documents": documents})
+    status, body = post_json(f"{tasks_url}/v1/rerank", {"model": RERANKER, "query": query, "documents": documents})
     assert status == 200 and body["model"] == RERANKER
     want = reference.predict([(query, d) for d in documents])
     got = {r["index"]: r["relevance_score"] for r in body["results"]}
@@ -52,7 +40,7 @@ def test_rerank_scores_equal_cross_encoder_predict_sorted_with_top_n(tasks_url, 
     assert scores == sorted(scores, reverse=True) and "document" not in body["results"][0]
     assert body["usage"]["total_tokens"] > 0
 
-    status, top = post(f"{tasks_url}/v1/rerank", {"model": RERANKER, "query": query, "documents": documents, "top_n": 3,
+    status, top = post_json(f"{tasks_url}/v1/rerank", {"model": RERANKER, "query": query, "documents": documents, "top_n": 3,
                                                   "return_documents": True})
     assert status == 200 and [r["index"] for r in top["results"]] == [r["index"] for r in body["results"][:3]]
     assert all(r["document"] == {"text": documents[r["index"]]} for r in top["results"])
@@ -71,13 +59,13 @@ def test_rerank_scores_equal_cross_encoder_predict_sorted_with_top_n(tasks_url, 
     ],
 )
 def test_bad_rerank_requests_get_a_4xx_that_says_what_to_fix(tasks_url, body, says):
-    status, error = post(f"{tasks_url}/v1/rerank", body)
+    status, error = post_json(f"{tasks_url}/v1/rerank", body)
     assert status == 400 and says in error["error"]["message"], error
 
 
 def test_splade_embeddings_are_indices_and_values_equal_to_sparse_encoder(tasks_url, splade_reference, sts_test):
     texts = sts_test.first[:50]
-    status, body = post(f"{tasks_url}/v1/embeddings", {"model": SPLADE, "input": texts})
+    status, body = post_json(f"{tasks_url}/v1/embeddings", {"model": SPLADE, "input": texts})
     assert status == 200
     reference = splade_reference.encode(texts).to_dense().numpy()
     for item in body["data"]:
@@ -96,6 +84,6 @@ def test_the_openai_client_passes_sparse_embeddings_through(tasks_url):
 def test_bm25_queries_weigh_each_term_once(tasks_url):
     from actors.bm25 import BM25 as Bm25
 
-    status, body = post(f"{tasks_url}/v1/embeddings", {"model": BM25, "input": ["running dogs run"], "input_type": "query"})
+    status, body = post_json(f"{tasks_url}/v1/embeddings", {"model": BM25, "input": ["running dogs run"], "input_type": "query"})
     want, _ = Bm25().embed_queries(["running dogs run"])
     assert status == 200 and body["data"][0]["embedding"] == {"indices": want.row(0)[0].tolist(), "values": [1.0, 1.0]}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import post_json
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,8 @@ def app(ray_cluster, unused_port, random_clip, tmp_path_factory):
         num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0, "runtime_env": QUICK_DRAIN},
         logging_config={"enable_access_log": False})
     serve.run(deployment.bind(args), name="adversarial", route_prefix="/")
-    yield {"port": port, "url": f"http://127.0.0.1:{port}", "images": images}
+    url = f"http://127.0.0.1:{port}"
+    yield {"port": port, "url": url, "embeddings": f"{url}/v1/embeddings", "images": images}
     serve.shutdown()
 
 
@@ -83,16 +85,6 @@ def clip_engine(random_clip):
     from rayembed import Embedder
 
     return Embedder(random_clip["spec"], precision="fp32")
-
-
-def post(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/v1/embeddings", data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def get(url: str, timeout: float = 30) -> tuple[int, bytes]:
@@ -147,7 +139,7 @@ def test_a_lone_surrogate_is_a_400_naming_its_input_never_two_vectors(app):
     # Valid JSON (RFC 8259 allows the escape); Python's json writes it as \ud800.
     body = json.dumps({"model": MODEL, "input": ["a", "\ud800", "c"]}).encode()
     assert b"\\ud800" in body
-    status, answer = post(app["url"], body)
+    status, answer = post_json(app["embeddings"], body)
     assert status == 400, answer
     assert openai_error(answer)["message"].startswith("input[1] cannot be embedded")
 
@@ -156,7 +148,7 @@ def test_clip_mixed_text_and_images_are_answered_in_order(app, clip_engine):
     red, blue = png(96, 64), png(40, 120, (20, 120, 220))
     inputs = [data_url(red), "a red square", image_item(str(app["images"] / "red.png")), image_item(data_url(blue)),
               "a tall blue bar"]
-    status, answer = post(app["url"], {"model": CLIP, "input": inputs})
+    status, answer = post_json(app["embeddings"], {"model": CLIP, "input": inputs})
     assert status == 200, answer
     expected = np.vstack([clip_engine.embed_images([red]), clip_engine.embed(["a red square"]),
                           clip_engine.embed_images([red, blue]), clip_engine.embed(["a tall blue bar"])])
@@ -165,18 +157,18 @@ def test_clip_mixed_text_and_images_are_answered_in_order(app, clip_engine):
 
 def test_clip_mixed_input_with_a_lone_surrogate_names_it(app):
     body = json.dumps({"model": CLIP, "input": [data_url(png(32, 32)), "\ud800", "c"]}).encode()
-    status, answer = post(app["url"], body)
+    status, answer = post_json(app["embeddings"], body)
     assert status == 400 and openai_error(answer)["message"].startswith("input[1] cannot be embedded"), answer
 
 
 def test_the_first_bad_input_is_named_whether_image_or_text(app):
     junk = "data:image/png;base64," + base64.b64encode(b"not a png").decode()
-    status, answer = post(app["url"], {"model": CLIP, "input": ["fine", junk, "", "fine"]})
+    status, answer = post_json(app["embeddings"], {"model": CLIP, "input": ["fine", junk, "", "fine"]})
     assert status == 400 and openai_error(answer)["message"].startswith("input[1] cannot be embedded"), answer
 
 
 def test_dimensions_true_is_refused(app):
-    status, answer = post(app["url"], {"model": MODEL, "input": "x", "dimensions": True})
+    status, answer = post_json(app["embeddings"], {"model": MODEL, "input": "x", "dimensions": True})
     assert status == 400 and openai_error(answer)["param"] == "dimensions"
 
 
@@ -214,7 +206,7 @@ def test_a_chunked_body_over_the_limit_is_a_413_without_reading_it_all(app):
 def test_deeply_nested_json_is_a_4xx_in_openai_shape(app):
     for depth in (100_000, 1_000):  # past any parser's depth limit, and within it
         body = b'{"model": "' + MODEL.encode() + b'", "input": ' + b"[" * depth + b"]" * depth + b"}"
-        status, answer = post(app["url"], body)
+        status, answer = post_json(app["embeddings"], body)
         assert 400 <= status < 500, (depth, answer)
         openai_error(answer)
 
@@ -234,7 +226,7 @@ def test_an_engine_error_fails_only_its_own_request_in_a_joined_batch(app, fp32_
     short = [{"model": OVERLONG, "input": [f"short text number {i}", "another"]} for i in range(3)]
     for _ in range(2):  # twice: the replica serves on after the failure
         with ThreadPoolExecutor(4) as pool:  # sent together, so the 0.5 s batch wait joins them
-            answers = list(pool.map(lambda body: post(app["url"], body), [too_long, *short]))
+            answers = list(pool.map(lambda body: post_json(app["embeddings"], body), [too_long, *short]))
         status, failed = answers[0]
         assert status == 500 and openai_error(failed)["type"] == "server_error", failed
         for body, (status, answer) in zip(short, answers[1:]):
@@ -247,7 +239,7 @@ def test_healthz_answers_quickly_while_an_8_mb_request_is_processed(app):
     body = json.dumps({"model": MODEL, "input": texts}).encode()
     assert 7_500_000 < len(body) < 8 * 1024 * 1024
     done: list = []
-    big = threading.Thread(target=lambda: done.append(post(app["url"], body, timeout=300)))
+    big = threading.Thread(target=lambda: done.append(post_json(app["embeddings"], body, timeout=300)))
     started = time.monotonic()
     big.start()
     latencies = []
@@ -267,7 +259,7 @@ def test_a_fifo_under_an_image_root_is_a_4xx_in_bounded_time(app):
     fifo = app["images"] / "stuck.png"
     started = time.monotonic()
     try:
-        status, answer = post(app["url"], {"model": CLIP, "input": [image_item(str(fifo))]}, timeout=15)
+        status, answer = post_json(app["embeddings"], {"model": CLIP, "input": [image_item(str(fifo))]}, timeout=15)
     except (TimeoutError, urllib.error.URLError):  # the old code's: no answer
         status, answer = 0, {}
     finally:  # a reader blocked on the FIFO (the old code's) is let go
@@ -278,14 +270,14 @@ def test_a_fifo_under_an_image_root_is_a_4xx_in_bounded_time(app):
     assert 400 <= status < 500, f"{status} after {time.monotonic() - started:.1f} s"
     assert "input[0]" in openai_error(answer)["message"]
     # ...and the image threads are free: a real image is embedded after it.
-    assert post(app["url"], {"model": CLIP, "input": [data_url(png(32, 32))]}, timeout=15)[0] == 200
+    assert post_json(app["embeddings"], {"model": CLIP, "input": [data_url(png(32, 32))]}, timeout=15)[0] == 200
 
 
 def test_a_requests_images_have_a_pixel_budget(app):
     # 49 M pixels each, under the per-image limit; six of them pass the 256 M per request at the sixth.
     big = data_url(png(7000, 7000))
     started = time.monotonic()
-    status, answer = post(app["url"], {"model": CLIP, "input": ["text", *[big] * 6]}, timeout=120)
+    status, answer = post_json(app["embeddings"], {"model": CLIP, "input": ["text", *[big] * 6]}, timeout=120)
     assert status == 413, answer
     assert openai_error(answer)["message"].startswith("input[6]") and "pixels" in answer["error"]["message"]
     assert time.monotonic() - started < 10, "refused before decoding"
@@ -294,7 +286,7 @@ def test_a_requests_images_have_a_pixel_budget(app):
 def test_a_requests_images_have_a_budget_of_bytes_read(app):
     # Three valid 48 MiB files: the third passes the 128 MiB per request and is never read.
     items = [image_item(str(app["images"] / f"padded-{i}.png")) for i in range(3)]
-    status, answer = post(app["url"], {"model": CLIP, "input": items}, timeout=120)
+    status, answer = post_json(app["embeddings"], {"model": CLIP, "input": items}, timeout=120)
     assert status == 413, answer
     assert openai_error(answer)["message"].startswith("input[2]") and "bytes" in answer["error"]["message"]
 
