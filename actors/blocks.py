@@ -19,7 +19,7 @@ TOKENS = "tokens"  # list<int32>: token ids per row (empty for rows with an erro
 PIXELS = "pixels"  # fixed_size_binary[h*w*3]: a CLIP job's decoded, cropped uint8 image per row
 TRUNCATED = "truncated"  # bool: the row was cut to the model's max tokens
 ERROR = "error"  # string: why the row cannot be embedded; null for good rows
-# The output vector, as the job's embedding type makes it (`embedding_column`): fixed_size_list<float32>[dim],
+# The output vector, as the job's embedding type makes it (`pack_embeddings`): fixed_size_list<float32>[dim],
 # fixed_size_list<int8|uint8>[dim], or fixed_size_binary[dim / 8] of packed bits.
 EMBEDDING = "embedding"
 INDICES, VALUES = "indices", "values"  # list<int32>, list<float32>: a sparse model's output, indices ascending
@@ -76,27 +76,20 @@ def unpack_pixels(block: pa.Table, crop: tuple[int, int]) -> np.ndarray:
     return flat.reshape(len(column), crop[0], crop[1], 3)
 
 
-def embedding_column(embedding_type: str, dim: int) -> pa.DataType:
-    """The `embedding` column's type for an embedding type (actors/quantize.py) of a `dim`-wide model:
-    float32 or int8/uint8 values as a fixed-size list of `dim` (Parquet keeps them as lists, which
-    DuckDB reads as FLOAT[] / TINYINT[] / UTINYINT[] and LanceDB as a vector column), packed bits as
-    `fixed_size_binary[dim / 8]` (a BLOB in DuckDB: `bit_count(xor(a::BIT, b::BIT))` is their Hamming distance)."""
-    if embedding_type in ("binary", "ubinary"):
-        return pa.binary((dim + 7) // 8)
-    value = {"float": pa.float32(), "int8": pa.int8(), "uint8": pa.uint8()}[embedding_type]
-    return pa.list_(value, dim)
-
-
 def pack_embeddings(vectors: np.ndarray, embedding_type: str = "float") -> pa.Array:
-    """Vectors made by `quantize(..., embedding_type)` as their `embedding_column`, without a copy per
-    row. Packed bits are written as they are: ubinary's uint8 bytes, binary's int8 values as the bytes
-    of their two's complement (the bytes of sentence-transformers' int8 array; each is ubinary's byte
-    with its top bit flipped, so a XOR of two binary vectors equals the XOR of their ubinary ones)."""
+    """Vectors made by `quantize(..., embedding_type)` as the `embedding` column, without a copy per row.
+
+    float32, int8 or uint8 values are a fixed-size list of `dim` (Parquet keeps them as lists, which
+    DuckDB reads as FLOAT[] / TINYINT[] / UTINYINT[] and LanceDB as a vector column). Packed bits are
+    `fixed_size_binary[dim / 8]` (a BLOB in DuckDB: `bit_count(xor(a::BIT, b::BIT))` is their Hamming
+    distance), written as they are: ubinary's uint8 bytes, binary's int8 values as the bytes of their
+    two's complement (the bytes of sentence-transformers' int8 array; each is ubinary's byte with its
+    top bit flipped, so a XOR of two binary vectors equals the XOR of their ubinary ones)."""
     if embedding_type in ("binary", "ubinary"):
         flat = np.ascontiguousarray(vectors).view(np.uint8)
         return pa.FixedSizeBinaryArray.from_buffers(pa.binary(flat.shape[1]), len(flat), [None, pa.py_buffer(flat)])
-    column = embedding_column(embedding_type, vectors.shape[1])
-    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), column.value_type), type=column)
+    value = {"float": np.float32, "int8": np.int8, "uint8": np.uint8}[embedding_type]
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1).astype(value, copy=False)), vectors.shape[1])
 
 
 def pack_sparse(vectors: SparseVectors, rows: np.ndarray, n: int) -> tuple[pa.ListArray, pa.ListArray]:

@@ -27,7 +27,8 @@ from actors.errors import UserError
 from actors.export import model_folder
 from actors.model_files import IMAGE_ONNX_FILE, ONNX_FILE, PREPROCESSOR_FILE, has_torch_weights, locate
 from actors.sparse import SparseVectors
-from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens, Truncate
+from actors.spec import Truncate
+from actors.tokenize import RowError, Tokenized, Tokenizer, Tokens
 
 log = logging.getLogger("rayembed")
 
@@ -150,10 +151,10 @@ class Embedder:
         return self.tokenizer.encode(texts, self.spec.prompt(input_type, prompt_name, prompt)[1], query=input_type == "query",
                                      truncate=truncate)
 
-    def embed_tokens(self, tokens: Tokens, dimensions: int | None = None, normalize: bool | None = None) -> np.ndarray:
+    def embed_tokens(self, tokens: Tokens, dimensions: int | None = None) -> np.ndarray:
         """float32 [len(tokens), dim] in the order of `tokens`, cut and normalised as `finish` says."""
         self._check_dimensions(dimensions)
-        return self.finish(self.dense_tokens(tokens), dimensions, normalize)
+        return self.finish(self.dense_tokens(tokens), dimensions)
 
     def dense_tokens(self, tokens: Tokens) -> Dense:
         """The full-width vectors of `tokens`' rows, in its order."""
@@ -295,10 +296,10 @@ class Embedder:
         pixels, rows, errors = images.prepare(blobs, self.image_config)
         return pixels, rows, [RowError(i, reason) for i, reason in errors]
 
-    def embed_pixels(self, pixels: np.ndarray, dimensions: int | None = None, normalize: bool | None = None) -> np.ndarray:
+    def embed_pixels(self, pixels: np.ndarray, dimensions: int | None = None) -> np.ndarray:
         """float32 [n, dim] from prepared uint8 [n, h, w, 3], cut and normalised as `finish` says."""
         self._check_dimensions(dimensions)
-        return self.finish(self.dense_pixels(pixels), dimensions, normalize)
+        return self.finish(self.dense_pixels(pixels), dimensions)
 
     def dense_pixels(self, pixels: np.ndarray) -> Dense:
         """The full-width vectors of prepared uint8 [n, h, w, 3] images."""

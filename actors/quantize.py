@@ -26,6 +26,7 @@ from actors.spec import ModelSpec
 
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary"]
 EMBEDDING_TYPES: tuple[str, ...] = get_args(EmbeddingType)
+NEEDS_RANGES = ("int8", "uint8")  # the types cut into buckets of each dimension's range
 # The catalogue's ranges files, by the name an entry gives in `quantization_ranges`.
 RANGES_FOLDER = Path(__file__).parent / "ranges"
 
@@ -38,15 +39,21 @@ class Ranges:
     source: str
 
     @classmethod
-    def load(cls, spec: ModelSpec, calibration: str | None = None, embed=None) -> Ranges | None:
+    def load(cls, spec: ModelSpec, calibration: str | None = None, backend: str = "auto") -> Ranges | None:
         """The ranges int8/uint8 use for `spec`: from `calibration` (a .npy of [2, dim] ranges, or a text
-        file of one text per line that `embed` turns into vectors), else from the catalogue entry's file,
-        else none (int8 and uint8 are then refused, naming the fix)."""
+        file of one text per line, embedded here), else from the catalogue entry's file, else none
+        (int8 and uint8 are then refused, naming the fix).
+
+        Calibration texts are embedded in fp32 on the CPU with the model's default prompt, whatever
+        device and precision the caller serves with: the job's driver and every replica then derive
+        the same ranges, and queries and documents, online and offline, share them."""
         if calibration:
             given = check_calibration(spec, calibration)
             if isinstance(given, np.ndarray):
                 return cls(given, f"config: {calibration}")
-            vectors = embed(given)
+            from actors.embedder import Embedder  # not at the top: the engine imports this module
+
+            vectors = Embedder(spec, backend=backend, precision="fp32", device="cpu").embed(given)
             return cls(np.vstack((vectors.min(axis=0), vectors.max(axis=0))).astype(np.float32),
                        f"config: {calibration} ({len(given)} texts)")
         if spec.quantization_ranges:
@@ -65,6 +72,9 @@ def check_calibration(spec: ModelSpec, calibration: str) -> np.ndarray | list[st
                         "one text per line")
     if path.suffix == ".npy":
         return _checked(np.load(path), spec, calibration)
+    if spec.is_clip:
+        raise UserError(f"calibration {calibration!r}: {spec.name} embeds images and texts into different ranges; give "
+                        "a .npy of [2, dim] ranges taken from the kind of input you will quantise")
     texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(texts) < 100:
         raise UserError(f"calibration {calibration!r} has {len(texts)} texts: int8 ranges need at least 100 "
@@ -85,7 +95,7 @@ def check_type(embedding_type: str, ranges: Ranges | None, model: str) -> Embedd
     """`embedding_type` if it is one and can be made for this model; a UserError saying what to give otherwise."""
     if embedding_type not in EMBEDDING_TYPES:
         raise UserError(f"embedding type must be one of {', '.join(EMBEDDING_TYPES)}, got {embedding_type!r}")
-    if embedding_type.endswith("int8") and ranges is None:
+    if embedding_type in NEEDS_RANGES and ranges is None:
         raise UserError(f"{embedding_type} needs calibration ranges, and {model} has none in the catalogue: give "
                         "`calibration` (a text file of representative texts, or a .npy of ranges) in its config")
     return embedding_type  # type: ignore[return-value]
@@ -93,7 +103,7 @@ def check_type(embedding_type: str, ranges: Ranges | None, model: str) -> Embedd
 
 def quantize(vectors: np.ndarray, embedding_type: EmbeddingType, ranges: Ranges | None = None) -> np.ndarray:
     """float32 [n, dim] -> float32 [n, dim], int8/uint8 [n, dim], or int8/uint8 [n, ceil(dim / 8)] packed bits
-    (big-endian within a byte, as numpy's packbits); a shortened (Matryoshka) vector uses its dimensions' ranges."""
+    (big-endian within a byte, as numpy's packbits)."""
     if embedding_type == "float":
         return vectors
     if embedding_type in ("binary", "ubinary"):
@@ -101,8 +111,8 @@ def quantize(vectors: np.ndarray, embedding_type: EmbeddingType, ranges: Ranges 
         # binary: the unsigned byte shifted into int8's range, as sentence-transformers defines it.
         return (bits - 128).astype(np.int8) if embedding_type == "binary" else bits
     assert ranges is not None, "check_type refuses int8 without ranges"
-    starts = ranges.values[0, : vectors.shape[1]]
-    steps = (ranges.values[1, : vectors.shape[1]] - starts) / 255
+    starts, ends = ranges.values
+    steps = (ends - starts) / 255
     steps = np.where(steps == 0, 1, steps)
     buckets = np.clip(np.floor((vectors - starts) / steps), 0, 255)
     return buckets.astype(np.uint8) if embedding_type == "uint8" else (buckets - 128).astype(np.int8)

@@ -31,6 +31,14 @@ ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 # vectors, one per token.
 Task = Literal["embed", "sparse", "bm25", "rerank", "late_interaction"]
 TASKS: tuple[str, ...] = get_args(Task)
+# What to do with a text over the model's max tokens, as NIM and Cohere spell it: cut its end (the
+# default, sentence-transformers' behaviour), cut its start (keeping the prompt and the special
+# tokens), or refuse it (the row is an error that gives its token count). Here, not in
+# actors/tokenize.py, so that `--help` names them without loading the tokenizer.
+Truncate = Literal["END", "START", "NONE"]
+TRUNCATES: tuple[str, ...] = get_args(Truncate)
+# The tasks whose texts START and NONE apply to: ColBERT, rerankers and BM25 cut at the end only.
+TRUNCATABLE_TASKS = ("embed", "sparse")
 # A reranker's score from its logit (sentence-transformers' CrossEncoder activation_fn).
 ScoreActivation = Literal["sigmoid", "identity"]
 PaddingSide = Literal["right", "left"]

@@ -10,7 +10,6 @@ import itertools
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -19,16 +18,11 @@ from tokenizers import normalizers
 
 from actors.errors import UserError
 from actors.model_files import TOKENIZER_FILE
-from actors.spec import ModelSpec
+from actors.spec import ModelSpec, Truncate
 
 # Texts longer than this are refused, not truncated: tokenising megabytes to keep 256 tokens wastes
 # CPU that the device is waiting on. Over-long ordinary text is truncated to the model's max tokens.
 MAX_CHARS = 1_000_000
-# What to do with a text over the model's max tokens, as NIM and Cohere spell it: cut its end (the
-# default, sentence-transformers' behaviour), cut its start (keeping the prompt and the special
-# tokens), or refuse it (the row is an error that gives its token count).
-Truncate = Literal["END", "START", "NONE"]
-TRUNCATES: tuple[str, ...] = get_args(Truncate)
 
 
 @dataclass(frozen=True)
@@ -185,33 +179,31 @@ class Tokenizer:
             else:
                 rows.append(i)
                 good.append(prompt + text)
+        # END lets the tokenizer cut; START and NONE encode whole (tokenizers encode a text whole before
+        # cutting it anyway), then cut or refuse the over-long rows: one pass either way.
+        tok = self._tok if truncate == "END" else self._untruncated
         try:
-            encodings = self._tok.encode_batch(good, add_special_tokens=True)
+            encodings = tok.encode_batch(good, add_special_tokens=True)
         except (TypeError, ValueError, UnicodeError):
             # Rare (lone surrogates from a lossy decode): find the bad rows, then encode the rest.
             keep = [j for j, text in enumerate(good) if _encodable(text, rows[j], errors)]
             good, rows = [good[j] for j in keep], [rows[j] for j in keep]
             errors.sort(key=lambda e: e.index)
-            encodings = self._tok.encode_batch(good, add_special_tokens=True)
-        ids = [e.ids for e in encodings]
-        truncated = [bool(e.overflowing) for e in encodings]
-        over = [j for j, cut in enumerate(truncated) if cut] if truncate != "END" else []
-        if over:
-            # Only the over-long rows are encoded again, whole: their token counts (NONE), or their
-            # last tokens after the prompt (START).
-            whole = self._untruncated.encode_batch([good[j] for j in over], add_special_tokens=True)
-            if truncate == "NONE":
-                for j, encoding in zip(over, whole, strict=True):
-                    n = len(encoding.ids)
-                    errors.append(RowError(rows[j], f"too long: {n:,} tokens, over {self.spec.name}'s limit of "
-                                                    f"{self.spec.max_tokens} (truncate NONE)", tokens=n))
-                keep = sorted(set(range(len(ids))) - set(over))
-                ids, truncated, rows = [ids[j] for j in keep], [False] * len(keep), [rows[j] for j in keep]
-                errors.sort(key=lambda e: e.index)
-            else:
-                for j, encoding in zip(over, whole, strict=True):
-                    ids[j] = self._keep_end(encoding, len(prompt))
-        return self._tokenized(ids, truncated, rows, errors)
+            encodings = tok.encode_batch(good, add_special_tokens=True)
+        if truncate == "END":
+            return self._tokenized([e.ids for e in encodings], [bool(e.overflowing) for e in encodings], rows, errors)
+        limit = self.spec.max_tokens
+        truncated = [len(e) > limit for e in encodings]
+        if truncate == "START":
+            ids = [self._keep_end(e, len(prompt)) if cut else e.ids for e, cut in zip(encodings, truncated, strict=True)]
+            return self._tokenized(ids, truncated, rows, errors)
+        for j, (encoding, cut) in enumerate(zip(encodings, truncated, strict=True)):
+            if cut:
+                errors.append(RowError(rows[j], f"too long: {len(encoding):,} tokens, over {self.spec.name}'s limit of "
+                                                f"{limit} (truncate NONE)", tokens=len(encoding)))
+        errors.sort(key=lambda e: e.index)
+        keep = [j for j, cut in enumerate(truncated) if not cut]
+        return self._tokenized([encodings[j].ids for j in keep], [False] * len(keep), [rows[j] for j in keep], errors)
 
     def tokens_of(self, texts: list[str], prompt: str = "", add_special_tokens: bool = True) -> list[list[dict]]:
         """Each text's tokens, whole (never truncated: the count is the text's real length), as TEI's
@@ -241,11 +233,13 @@ class Tokenizer:
         (the first `prompt_chars` characters, counted in this encoding: a prompt's last token may join
         the text's first), then as many of its last tokens (the trailing special tokens among them) as
         the model takes. A prompt keeps at most half the model's tokens: it never crowds the text out."""
-        lead = next((k for k, special in enumerate(encoding.special_tokens_mask) if not special), 0)
-        prompt_tokens = sum(1 for (_, stop), special in zip(encoding.offsets[lead:], encoding.special_tokens_mask[lead:])
-                            if not special and 0 < stop <= prompt_chars)
-        head = min(lead + prompt_tokens, self.spec.max_tokens // 2)
-        return encoding.ids[:head] + encoding.ids[len(encoding.ids) - (self.spec.max_tokens - head):]
+        ids, special = encoding.ids, encoding.special_tokens_mask  # each read copies the whole row out of Rust
+        lead = next((k for k, is_special in enumerate(special) if not is_special), 0)
+        head = lead
+        # The prompt's tokens only: never a walk over the (long) rest of the row.
+        while head < self.spec.max_tokens // 2 and not special[head] and 0 < encoding.token_to_chars(head)[1] <= prompt_chars:
+            head += 1
+        return ids[:head] + ids[len(ids) - (self.spec.max_tokens - head):]
 
     @staticmethod
     def _tokenized(ids: list[list[int]], truncated: list[bool], rows: list[int], errors: list[RowError]) -> Tokenized:

@@ -2,7 +2,7 @@
 answers, in rounds that each start with the next type, so that the machine's noise and any drift
 of the server fall on all of them alike.
 
-    python bench/embedding_types.py [--seconds 6] [--rounds 4] [--out bench/results/embedding_types.json]
+    python bench/embedding_types.py [--seconds 6] [--rounds 5] [--out bench/results/embedding_types.json]
 
 Levels: one sentence per request at 16 clients (the answer is a small part of the work) and 64
 sentences per request at 4 clients (writing 64 vectors is a large part). Each type's figure is the
@@ -33,7 +33,7 @@ TYPES = {"float": {"encoding_format": "float"}, "base64": {"encoding_format": "b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=6)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "embedding_types.json"))
     args = parser.parse_args()
 

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from actors.catalog import ModelSpec
 from actors.devices import Backend, Precision
 from actors.errors import UserError
+from actors.quantize import EMBEDDING_TYPES, NEEDS_RANGES, EmbeddingType
+from actors.spec import TRUNCATABLE_TASKS, TRUNCATES, Truncate
 from jobs.sources import UNIT_BYTES
 
-if TYPE_CHECKING:  # not at run time: `rayembed --help` must not load the tokenizer
-    from actors.quantize import EmbeddingType
-    from actors.tokenize import Truncate
-
 ROWS_PER_PART = 4096
-# The tasks whose texts --truncate START and NONE apply to: ColBERT, rerankers and BM25 have rules of their own.
-_TRUNCATABLE = ("embed", "sparse")
 
 
 @dataclass(frozen=True)
@@ -85,33 +81,27 @@ class JobConfig:
         self._check_truncate()
 
     def _check_embedding_type(self) -> None:
-        from actors.quantize import EMBEDDING_TYPES, check_type
-
         kind, spec = self.embedding_type, self.model
         if kind not in EMBEDDING_TYPES:
             raise UserError(f"--embedding-type must be one of {', '.join(EMBEDDING_TYPES)}, got {kind!r}")
         if kind != "float" and spec.task != "embed":
             raise UserError(f"--embedding-type {kind} is for dense models; {spec.name} is a {spec.task} model, whose "
                             "output stays as it is (leave --embedding-type at float)")
-        if self.calibration and not kind.endswith("int8"):
+        if self.calibration and kind not in NEEDS_RANGES:
             raise UserError(f"--calibration gives the ranges of int8 and uint8 vectors; this job writes {kind} ones "
                             "(add --embedding-type int8 or uint8, or leave --calibration out)")
-        if kind.endswith("int8") and not self.calibration and not spec.quantization_ranges:
-            try:
-                check_type(kind, None, spec.name)
-            except UserError as e:  # the same advice, in the flag's words
-                raise UserError(f"{e} (for the job: --calibration PATH)") from None
+        if kind in NEEDS_RANGES and not self.calibration and not spec.quantization_ranges:
+            raise UserError(f"--embedding-type {kind} needs calibration ranges, and {spec.name} has none in the "
+                            "catalogue: give --calibration PATH (a text file of representative texts, or a .npy of ranges)")
 
     def _check_truncate(self) -> None:
-        from actors.tokenize import TRUNCATES
-
         if self.truncate not in TRUNCATES:
             raise UserError(f"--truncate must be one of {', '.join(TRUNCATES)}, got {self.truncate!r}")
         if self.truncate == "END":
             return
         if self.image_column:
             raise UserError(f"--truncate {self.truncate}: images are not truncated; leave --truncate at END")
-        if self.model.task not in _TRUNCATABLE:
+        if self.model.task not in TRUNCATABLE_TASKS:
             how = {"late_interaction": "a ColBERT model's texts are cut at their end",
                    "rerank": "a reranker's (query, text) pairs are cut from the longer side",
                    "bm25": "BM25 takes texts of any length"}.get(self.model.task, "")

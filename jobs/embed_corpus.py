@@ -20,7 +20,7 @@ from dataclasses import replace
 from actors.catalog import CATALOG, model_from_arg
 from actors.errors import UserError
 from actors.export import EXPORT_VERSION
-from actors.quantize import Ranges
+from actors.quantize import NEEDS_RANGES, Ranges
 from cluster.resources import CPU_STAGE_CPUS, PoolPlan
 from jobs.config import JobConfig
 from jobs.flags import add_job_arguments
@@ -161,20 +161,13 @@ def _check_columns(file: InputFile, config: JobConfig) -> None:
 
 
 def _ranges(config: JobConfig) -> Ranges | None:
-    """The int8/uint8 ranges every actor quantises with, loaded (or computed from calibration texts,
-    in fp32 on this process's CPU, before Ray starts) once, here, before any work."""
-    if not config.embedding_type.endswith("int8"):
+    """The int8/uint8 ranges every actor quantises with, loaded (or computed from calibration texts on
+    this process's CPU, before Ray starts) once, here, before any work."""
+    if config.embedding_type not in NEEDS_RANGES:
         return None
-
-    def embed(texts: list[str]):
-        from actors.embedder import Embedder
-
-        embedder = Embedder(config.model, backend=config.backend, precision="fp32", device="cpu")
-        return embedder.embed(texts, config.input_type, prompt_name=config.prompt_name, prompt=config.prompt)
-
     # An absolute path: the metadata says which file, wherever the job was started from.
     calibration = os.path.abspath(config.calibration) if config.calibration else None
-    return Ranges.load(config.model, calibration, embed)
+    return Ranges.load(config.model, calibration, config.backend)
 
 
 def _pipeline(config: JobConfig, units: list, plan: PoolPlan, stats_name: str, model: dict, inputs: dict,

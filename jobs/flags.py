@@ -10,11 +10,9 @@ import argparse
 from actors.catalog import DEFAULT_MODEL, INPUT_TYPES
 from actors.devices import BACKENDS, PRECISIONS
 from actors.quantize import EMBEDDING_TYPES
+from actors.spec import TRUNCATES
 from jobs.config import ROWS_PER_PART
 from jobs.sources import UNIT_BYTES
-
-# actors.tokenize.TRUNCATES, spelled here so that `--help` does not load the tokenizer (a test holds them equal).
-TRUNCATES = ("END", "START", "NONE")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ from actors.catalog import CATALOG, ModelSpec
 from actors.embedder import Embedder
 from actors.errors import UserError
 from actors.images import MAX_BYTES as MAX_IMAGE_BYTES
-from actors.quantize import EMBEDDING_TYPES, Ranges
+from actors.quantize import EMBEDDING_TYPES, NEEDS_RANGES, Ranges
 from actors.tokenize import Tokenized
 from cluster.autoscaling import serve_autoscaling_config
 from cluster.resources import this_worker
@@ -114,26 +114,30 @@ class _Model:
 
 # Defined above the deployment: serve.ingress pickles the class where it is declared, with the
 # module's globals as they are then.
-def _model_entry(spec: ModelSpec) -> dict:
-    """A served model in `GET /v1/models`: OpenAI's fields, and what a client needs to call it right."""
-    return {"id": spec.name, "object": "model", "owned_by": "rayembed", "task": spec.task, "dimensions": spec.dimensions,
-            "max_tokens": spec.max_tokens, "pooling": spec.pooling, "prompt_names": spec.prompt_names,
+def _call_fields(spec: ModelSpec) -> dict:
+    """What a client needs to call a model right: in both `GET /v1/models` and `GET /info`."""
+    return {"task": spec.task, "dimensions": spec.dimensions, "max_tokens": spec.max_tokens, "pooling": spec.pooling,
             "default_prompt_name": spec.default_prompt_name, "matryoshka_dims": list(spec.matryoshka_dims),
             "takes_images": spec.is_clip}
 
 
+def _model_entry(spec: ModelSpec) -> dict:
+    """A served model in `GET /v1/models`: OpenAI's fields, and how to call it."""
+    return {"id": spec.name, "object": "model", "owned_by": "rayembed", **_call_fields(spec),
+            "prompt_names": spec.prompt_names}
+
+
 def _model_info(model: _Model) -> dict:
+    """A served model in `GET /info`: how to call it, its prompts' texts, and how it runs here."""
     spec, embedder = model.spec, model.embedder
     engine = {"precision": embedder.precision, "backend": embedder.backend, "device": str(embedder.device),
               "max_batch_tokens": model.served.queue_batch_tokens} if embedder is not None else \
         {"precision": None, "backend": "builtin", "device": "cpu", "max_batch_tokens": None}
     dense = spec.task == "embed"
-    types = [t for t in EMBEDDING_TYPES if not t.endswith("int8") or model.ranges is not None] if dense else ["float"]
-    return {"name": spec.name, "aliases": list(spec.aliases), "task": spec.task, "dimensions": spec.dimensions,
-            "max_tokens": spec.max_tokens, "pooling": spec.pooling, "normalize": spec.normalize,
-            "prompts": dict(spec.prompts), "default_prompt_name": spec.default_prompt_name,
-            "matryoshka_dims": list(spec.matryoshka_dims), "takes_images": spec.is_clip, **engine,
-            "embedding_types": types, "calibration": model.ranges.source if model.ranges is not None else None}
+    types = [t for t in EMBEDDING_TYPES if t not in NEEDS_RANGES or model.ranges is not None] if dense else ["float"]
+    return {"name": spec.name, "aliases": list(spec.aliases), **_call_fields(spec), "normalize": spec.normalize,
+            "prompts": dict(spec.prompts), **engine, "embedding_types": types,
+            "calibration": model.ranges.source if model.ranges is not None else None}
 
 
 def _not_embedded(row: int, reason: object) -> Refusal:
@@ -148,14 +152,15 @@ def _over_budget(row: int, budget: int, of: str) -> RequestError:
 def _text_refusals(tokenized: Tokenized, rows: list[int], spec: ModelSpec) -> list[Refusal]:
     """The tokenizer's verdict on the first text it refused, if any (`rows`: the texts' places in the
     request); texts refused for their length (truncate NONE) are named all together, with their counts."""
-    over = [e for e in tokenized.errors if e.tokens is not None]
-    if over and over[0] is tokenized.errors[0]:
+    errors = tokenized.errors  # in the texts' order
+    if errors and errors[0].tokens is not None:  # the first refused text is over the limit: name all that are
+        over = [e for e in errors if e.tokens is not None]
         listed = ", ".join(f"input[{rows[e.index]}] has {e.tokens:,}" for e in over[:32])
         more = f" and {len(over) - 32} more" if len(over) > 32 else ""
         message = (f"{len(over)} input{'s are' if len(over) > 1 else ' is'} over {spec.name}'s limit of {spec.max_tokens} "
                    f"tokens, and truncate is NONE: {listed} tokens{more}; shorten them, or send truncate END or START")
         return [(rows[over[0].index], RequestError(400, message, param="input", code="input_too_long"))]
-    return [_not_embedded(rows[e.index], e.reason) for e in tokenized.errors[:1]]
+    return [_not_embedded(rows[e.index], e.reason) for e in errors[:1]]
 
 
 @serve.deployment(name="EmbeddingsAPI")
@@ -176,13 +181,15 @@ class EmbeddingsAPI:
                 embedder = Embedder(spec, backend=served.backend, precision=served.precision, device=worker.device,
                                     threads=self.config.threads or worker.threads)
                 embedder.warmup()
-                ranges = Ranges.load(spec, served.calibration, embedder.embed) if spec.task == "embed" else None
+                ranges = Ranges.load(spec, served.calibration, served.backend) if spec.task == "embed" else None
                 model = _Model(spec, TokenizeQueue(embedder, self.config.tokenizer_threads), embedder,
                                model_queues(embedder, served, batch_metrics), ranges=ranges, served=served)
             self.models[spec.name] = model
             card = ModelCard(spec, model.ranges)
             for alias in (spec.name, *spec.aliases):
                 self.cards[alias.lower()] = card
+        # Models do not change after this: /info's body is made once.
+        self.info_body = {"version": _VERSION, "models": [_model_info(self.models[name]) for name in sorted(self.models)]}
         # Images are decoded on threads of their own, apart from the engine's and the tokenizer's; files
         # are read on others, which a request waits on only until its deadline.
         self.image_pool = ThreadPoolExecutor(2, thread_name_prefix="rayembed-images")
@@ -207,7 +214,7 @@ class EmbeddingsAPI:
     async def info(self, request: Request) -> dict:
         """What each served model is and how it runs here (TEI's /info, for every model the app serves)."""
         self._authorise(request)
-        return {"version": _VERSION, "models": [_model_info(self.models[name]) for name in sorted(self.models)]}
+        return self.info_body
 
     @api.post("/tokenize")
     async def tokenize(self, request: Request) -> Response:

@@ -16,9 +16,9 @@ import numpy as np
 import orjson
 
 from actors.errors import UserError
-from actors.quantize import EMBEDDING_TYPES, EmbeddingType, Ranges, check_type, quantize
-from actors.spec import ModelSpec
-from actors.tokenize import MAX_CHARS, TRUNCATES, Truncate, unencodable
+from actors.quantize import EMBEDDING_TYPES, NEEDS_RANGES, EmbeddingType, Ranges, check_type, quantize
+from actors.spec import TRUNCATABLE_TASKS, TRUNCATES, ModelSpec, Truncate
+from actors.tokenize import check_text, unencodable
 from serve_apps.images import names_image
 
 # How an embedding is written: JSON numbers, or base64 of its bytes (float32 little-endian, int8, uint8).
@@ -98,8 +98,8 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs
     items = _items(payload.get("input"), max_inputs)
     encoding, types, by_type = _types(payload, model)
     dimensions, normalize = _dimensions(payload.get("dimensions"), model), _normalize(payload.get("normalize"), model)
-    if any(t.endswith("int8") for t in types) and (dimensions not in (None, model.dimensions)
-                                                    or normalize not in (None, model.spec.normalize)):
+    if any(t in NEEDS_RANGES for t in types) and (dimensions not in (None, model.dimensions)
+                                                  or normalize not in (None, model.spec.normalize)):
         # Calibration ranges are those of the model's own full vectors: a cut and re-normalised or an
         # unnormalised vector lies on another scale, and most of its values would clip.
         raise RequestError(400, f"int8 and uint8 use {model.name}'s calibration ranges, which are those of its full "
@@ -114,7 +114,7 @@ def parse_embeddings(body: bytes, models: Mapping[str, ModelCard], *, max_inputs
         by_type=by_type,
         dimensions=dimensions,
         normalize=normalize,
-        truncate=truncate_of(payload.get("truncate", "END"), model),
+        truncate=truncate_of(payload.get("truncate"), model),
         prompt=_prompt(payload.get("input_type"), payload.get("prompt_name"), model),
         input_type=payload.get("input_type"),
     )
@@ -199,15 +199,16 @@ def _types(payload: dict, model: ModelCard) -> tuple[Encoding, tuple[EmbeddingTy
     by_type = param == "embedding_types"
     if by_type and (not isinstance(asked, list) or not asked):
         raise RequestError(400, "'embedding_types' must be a non-empty list of types", param=param)
+    # A sparse or ColBERT model's embeddings come as it gives them: never quantised, nor objects by type.
+    if model.spec.task != "embed" and (by_type or asked != "float"):
+        raise RequestError(400, f"{model.name} is a {model.spec.task} model: embedding types apply to dense vectors only; "
+                                f"leave {param} out", param=param)
     types = []
     for name in asked if by_type else [asked]:
         try:
             types.append(check_type(name, model.ranges, model.name))
         except UserError as e:
             raise RequestError(400, str(e), param=param) from None
-    if model.spec.task != "embed" and set(types) != {"float"}:
-        raise RequestError(400, f"{model.name} is a {model.spec.task} model: embedding types quantise dense vectors only",
-                           param=param)
     if fmt == "base64" and not by_type and types != ["float"]:
         # The openai client asks for base64 when encoding_format is left out, and reads every base64
         # embedding as float32: int8 or bits there would be read as wrong floats, silently.
@@ -230,12 +231,15 @@ def _normalize(value: object, model: ModelCard) -> bool | None:
 
 
 def truncate_of(value: object, model: ModelCard) -> Truncate:
-    """`truncate` as NIM and Cohere spell it: END (the default), START or NONE."""
+    """`truncate` as NIM and Cohere spell it: END (the default; null too, as for the other fields), START or NONE."""
+    if value is None:
+        return "END"
     if value not in TRUNCATES:
         raise RequestError(400, f"'truncate' must be one of {', '.join(TRUNCATES)} (END cuts an over-long input's end, "
                                 "START its start, NONE refuses it)", param="truncate")
-    if value != "END" and model.spec.task in ("late_interaction", "bm25"):
-        raise RequestError(400, f"{model.name} is a {model.spec.task} model: it takes truncate END only", param="truncate")
+    if value != "END" and model.spec.task not in TRUNCATABLE_TASKS:
+        raise RequestError(400, f"{model.name} is a {model.spec.task} model: truncate {value} applies to "
+                                f"{' and '.join(TRUNCATABLE_TASKS)} models only; leave truncate at END", param="truncate")
     return value  # type: ignore[return-value]
 
 
@@ -277,7 +281,7 @@ def embeddings_body(vectors: np.ndarray, request: EmbeddingsRequest, model: str,
     data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated_inputs": truncated}
     body = {"object": "list", "data": data, "model": model, "usage": usage}
-    if any(t.endswith("int8") for t in request.types):  # which ranges made them
+    if any(t in NEEDS_RANGES for t in request.types):  # which ranges made them
         body["calibration"] = request.model.ranges.source
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -313,10 +317,9 @@ def parse_tokenize(body: bytes, models: Mapping[str, ModelCard], *, max_inputs: 
                            param="model")
     texts = _items(payload.get("inputs"), max_inputs, "inputs")
     for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise RequestError(400, f"inputs[{i}] is not a string: send text", param="inputs")
-        reason = f"{len(text):,} characters, over the {MAX_CHARS:,} a text may have" if len(text) > MAX_CHARS else \
-            unencodable(text)
+        # The tokenizer's own row checks, in its words; but a blank text is no error here: its tokens are the special ones.
+        blank = isinstance(text, str) and not text.strip()
+        reason = "" if blank else check_text(text)[1] or unencodable(text)
         if reason:
             raise RequestError(400, f"inputs[{i}] cannot be tokenised: {reason}", param="inputs")
     add_special_tokens = payload.get("add_special_tokens", True)

@@ -165,7 +165,7 @@ def batch_queue(
     @serve.batch(max_batch_size=max_size, batch_wait_timeout_s=wait_s, max_concurrent_batches=concurrent,
                  batch_size_fn=lambda jobs: sum(size(job.inputs) for job in jobs))
     async def joined(jobs: list[_Job[Inputs]]) -> list[np.ndarray | Exception]:
-        with tracing.batch((job.waiting for job in jobs), sum(len(job.inputs) for job in jobs)):
+        with tracing.batch((job.waiting, len(job.inputs)) for job in jobs):
             return await call(jobs)
 
     async def submit(inputs: Inputs, finish: Finish) -> np.ndarray:

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from actors.embedder import Embedder
-from actors.tokenize import RowError, Tokenized, Truncate
+from actors.spec import Truncate
+from actors.tokenize import RowError, Tokenized
 from serve_apps import tracing
 
 

@@ -149,16 +149,19 @@ def queued(inputs: int) -> RequestSpan | None:
 
 def left(waiting: RequestSpan | None) -> None:
     """A request's queue span ended, if its batch did not end it (the request was cancelled first)."""
-    if waiting is not None and getattr(waiting.span, "end_time", 0) is None:
+    if waiting is not None and waiting.span.is_recording():  # a span records until it ends
         waiting.span.end()
 
 
-def batch(waiting: Iterable[RequestSpan | None], inputs: int):
+def batch(requests: Iterable[tuple[RequestSpan | None, int]]):
     """`with batch(...)`: one joined engine call's rayembed.batch span, the root of its own trace, linked
-    to each request's queue span, which it ends."""
+    to each request's queue span, which it ends. `requests`: each request's queue span and inputs count,
+    read only when tracing is on (given as a generator, an untraced batch computes none of it)."""
     if _tracer is None:
         return _OFF
-    waiting = [w for w in waiting if w is not None]
+    requests = list(requests)
+    inputs = sum(n for _, n in requests)
+    waiting = [w for w, _ in requests if w is not None]
     for w in waiting:
         w.span.end()
     links = [trace.Link(w.span.get_span_context(), {"rayembed.request_id": w.request_id}) for w in waiting]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from actors.batching import pack_by_tokens
-from rayembed import Embedder, Tokens
+from rayembed import Embedder, Tokens, UserError
 
 
 def test_vectors_come_back_in_input_order(fp32_embedder, sts_test):
@@ -126,12 +126,21 @@ def test_each_embedding_type_is_sentence_transformers_quantize_embeddings(fp32_e
     # A calibration set in config: its texts' vectors' ranges, as quantize_embeddings computes them.
     texts = [f"calibration sentence number {i} about topic {i % 7}" for i in range(120)]
     (tmp_path / "texts.txt").write_text("\n".join(texts))
-    from_texts = Ranges.load(fp32_embedder.spec, str(tmp_path / "texts.txt"), fp32_embedder.embed)
+    from_texts = Ranges.load(fp32_embedder.spec, str(tmp_path / "texts.txt"))  # in fp32 on the CPU, as fp32_embedder
     floats = fp32_embedder.embed(texts[:5])
     assert np.array_equal(quantize(floats, "int8", from_texts),
                           quantize_embeddings(floats, "int8", calibration_embeddings=fp32_embedder.embed(texts)))
     assert from_texts.source.endswith("texts.txt (120 texts)")
     assert Ranges.load(fp32_embedder.spec).source == "catalogue: all-MiniLM-L6-v2.npy"
+
+
+def test_a_clip_model_takes_calibration_ranges_not_texts(random_clip, tmp_path):
+    from actors.catalog import CATALOG
+    from actors.quantize import Ranges
+
+    (tmp_path / "texts.txt").write_text("\n".join(f"a photo of thing {i}" for i in range(120)))
+    with pytest.raises(UserError, match="embeds images and texts into different ranges; give a .npy"):
+        Ranges.load(CATALOG.resolve(random_clip["spec"]), str(tmp_path / "texts.txt"))
 
 
 def test_truncate_start_and_none(fp32_embedder):

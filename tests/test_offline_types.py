@@ -208,13 +208,6 @@ def test_settings_a_model_cannot_take_are_refused_before_any_work(tmp_path, corp
         JobConfig("in", "out", spec, embeding_type="int8")  # a misspelt setting is refused, not ignored
 
 
-def test_the_flags_name_the_tokenizers_truncations():
-    from actors.tokenize import TRUNCATES
-    from jobs.flags import TRUNCATES as FLAG_TRUNCATES
-
-    assert FLAG_TRUNCATES == TRUNCATES
-
-
 # Reading the output as a vector search would.
 
 def brute_force(vectors: np.ndarray, query: np.ndarray, k: int) -> list[int]:

@@ -14,6 +14,7 @@ import pytest
 from conftest import post_json
 from openai import AuthenticationError, NotFoundError, OpenAI
 
+from actors.quantize import NEEDS_RANGES
 from jobs.embed_corpus import main as embed_corpus
 from serve_apps.openai_api import EmbeddingsAPI, build_app
 
@@ -128,8 +129,9 @@ def test_served_vectors_equal_the_offline_jobs(client, ray_cluster, tmp_path, st
 
 
 def test_truncation_is_reported_in_usage(base_url):
-    status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": ["word " * 600]})
-    assert status == 200 and body["usage"]["truncated_inputs"] == 1 and body["usage"]["prompt_tokens"] == 256
+    for fields in ({}, {"truncate": None}):  # null, as for the other fields, is left out: END
+        status, body = post_json(f"{base_url}/open/v1/embeddings", {"model": MODEL, "input": ["word " * 600], **fields})
+        assert status == 200 and body["usage"]["truncated_inputs"] == 1 and body["usage"]["prompt_tokens"] == 256, fields
 
 
 @pytest.mark.parametrize(
@@ -151,7 +153,6 @@ def test_truncation_is_reported_in_usage(base_url):
          "send encoding_format 'int8'"),
         ({"model": MODEL, "input": "x", "encoding_format": "int8", "normalize": False}, 400,
          "int8 and uint8 use sentence-transformers/all-MiniLM-L6-v2's calibration ranges"),
-        ({"model": "minilm-copy", "input": "x", "encoding_format": "binary", "dimensions": 64}, 200, ""),
         ({"model": MODEL, "input": "x", "truncate": "end"}, 400, "'truncate' must be one of END, START, NONE"),
         ({"model": MODEL, "input": "x", "normalize": "no"}, 400, "'normalize' must be true or false"),
         ({"model": MODEL, "input": [[101, 7592, 102]]}, 400, "check_embedding_ctx_length=False"),
@@ -164,7 +165,18 @@ def test_truncation_is_reported_in_usage(base_url):
 def test_bad_requests_get_a_4xx_that_says_what_to_fix(base_url, body, status, says):
     got, error = post_json(f"{base_url}/open/v1/embeddings", body)
     assert got == status
-    assert says in (error["error"]["message"] if status >= 400 else "")
+    assert says in error["error"]["message"]
+
+
+def test_binary_takes_dimensions_where_int8_does_not(client):
+    """A cut vector's bits are its signs, which need no ranges: 64 dimensions give 8 bytes, those of the cut vector."""
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    packed = client.embeddings.create(model="minilm-copy", input="x", dimensions=64, encoding_format="binary")
+    cut = client.embeddings.create(model="minilm-copy", input="x", dimensions=64, encoding_format="float")
+    assert len(packed.data[0].embedding) == 8
+    expected = quantize_embeddings(np.array([cut.data[0].embedding], dtype=np.float32), "binary")
+    assert np.array_equal(np.array([packed.data[0].embedding]), expected)
 
 
 def test_unknown_model_through_the_client_is_a_404(client):
@@ -333,7 +345,7 @@ def test_each_embedding_type_equals_sentence_transformers_quantize_embeddings(cl
         packed = np.array([np.frombuffer(base64.b64decode(d["embedding"][kind]), dtype=expected.dtype) for d in body["data"]])
         assert status == 200 and np.array_equal(packed, expected), kind
         # The int8 types say which ranges made them.
-        assert body.get("calibration") == ("catalogue: all-MiniLM-L6-v2.npy" if kind.endswith("int8") else None)
+        assert body.get("calibration") == ("catalogue: all-MiniLM-L6-v2.npy" if kind in NEEDS_RANGES else None)
     # Cohere's embedding_types: several types at once, each embedding an object by type.
     both = client.embeddings.create(model=MODEL, input=texts, encoding_format="float",
                                     extra_body={"embedding_types": ["float", "ubinary"]})

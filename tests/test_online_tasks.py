@@ -63,6 +63,19 @@ def test_bad_rerank_requests_get_a_4xx_that_says_what_to_fix(tasks_url, body, sa
     assert status == 400 and says in error["error"]["message"], error
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"model": SPLADE, "input": "x", "embedding_types": ["float"]}, "embedding types apply to dense vectors only"),
+        ({"model": SPLADE, "input": "x", "encoding_format": "int8"}, "embedding types apply to dense vectors only"),
+        ({"model": BM25, "input": "x", "truncate": "START"}, "truncate START applies to embed and sparse models only"),
+    ],
+)
+def test_sparse_models_refuse_what_only_dense_and_truncatable_models_take(tasks_url, body, says):
+    status, error = post_json(f"{tasks_url}/v1/embeddings", body)
+    assert status == 400 and says in error["error"]["message"], error
+
+
 def test_splade_embeddings_are_indices_and_values_equal_to_sparse_encoder(tasks_url, splade_reference, sts_test):
     texts = sts_test.first[:50]
     status, body = post_json(f"{tasks_url}/v1/embeddings", {"model": SPLADE, "input": texts})

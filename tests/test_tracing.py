@@ -255,7 +255,7 @@ def test_without_an_endpoint_ids_but_no_tracing(base_url, collector, monkeypatch
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)
     work = len
     assert tracing.in_thread("engine", work) is work and tracing.stage("parse") is tracing.stage("encode")
-    assert tracing.queued(1) is None
+    assert tracing.queued(1) is None and tracing.batch((None, 1) for _ in range(2)) is tracing.stage("parse")
 
 
 def test_the_endpoint_is_checked_at_deploy():
