@@ -170,10 +170,36 @@ def run_serve(config: dict, address: str | None = None, log=print) -> int:
         finally:
             started = time.monotonic()
             try:
-                if ray.is_initialized():
+                if caught and not address and _head_hit(caught[0]):
+                    log(f"rayembed: {signal.Signals(caught[0]).name} reached Ray's own processes too (a signal to the "
+                        "process group): stopping them without Serve's graceful shutdown")
+                elif ray.is_initialized():
                     serve.shutdown()
             finally:
                 ray.shutdown()
                 for number, handler in previous.items():
                     signal.signal(number, handler)
             log(f"rayembed: stopped in {time.monotonic() - started:.1f} s")
+
+
+def _head_hit(number: int) -> bool:
+    """Whether the signal that stops the server went to the processes of the Ray it started too: a
+    SIGTERM or SIGHUP to the whole process group (systemd's default stop, `kill -- -PGID`, a closed
+    terminal) reaches Ray's GCS and raylet, and Serve's shutdown would then wait 60 s on the GCS before
+    Ray ends this process with exit 1. Nothing is left to stop gracefully then: the replicas die with
+    the raylet, HAProxy with its actor, and `ray.shutdown` reaps the rest. Ray blocks SIGINT in its
+    processes, so Ctrl-C never reaches them."""
+    import signal
+    import time
+
+    import ray
+
+    node = ray._private.worker._global_node  # the processes this driver started (no public API lists them)
+    if number == signal.SIGINT or node is None:
+        return False
+    deadline = time.monotonic() + 1.5  # a process that got it ends in well under this (its log monitor at once)
+    while time.monotonic() < deadline:
+        if node.dead_processes():
+            return True
+        time.sleep(0.05)
+    return False
